@@ -1,0 +1,10 @@
+//! pxesrv: an HTTP boot-config server for iPXE clients, and the storage companion that gives
+//! diskless clients their own copy-on-write iSCSI disk.
+//!
+//! The boot tree on disk is the database: `once/`, `static/` and `default` decide what each
+//! client boots, and operators change it with `ln -s` or the admin subcommands.
+
+pub mod boottree;
+pub mod identity;
+pub mod process;
+pub mod script;
