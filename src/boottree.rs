@@ -742,7 +742,7 @@ mod tests {
         let ok = |p: &str| t.public_path(p).is_some();
         assert!(ok("/menus/install.ipxe"));
         assert!(ok("/menus/sub/deep.ipxe"));
-        assert!(ok("/menus%2Finstall.ipxe") == false, "encoded slash");
+        assert!(!ok("/menus%2Finstall.ipxe"), "encoded slash");
         for bad in [
             "/../etc/passwd",
             "/menus/../../etc/passwd",

@@ -8,3 +8,4 @@ pub mod boottree;
 pub mod identity;
 pub mod process;
 pub mod script;
+pub mod storage;
