@@ -132,7 +132,8 @@ fn io(e: std::io::Error) -> StorageError {
 /// Runs one invocation; what it reports goes to `out`.
 pub fn run(cli: Cli, out: &mut dyn Write) -> Result<(), StorageError> {
     let cfg = Config::load(&cli.config)?;
-    let eng = Engine::new(cfg, cli.dry_run)?;
+    let dry_run = cli.dry_run;
+    let eng = Engine::new(cfg, dry_run)?;
     let mac = |s: &str| -> Result<MacAddr, StorageError> { Ok(s.parse()?) };
     match cli.command {
         Command::Image(ImageCmd::Add { name, file, lv }) => {
@@ -278,6 +279,13 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<(), StorageError> {
                 HookOutcome::Skipped(why) => tracing::debug!(why = %why, "hook: nothing to do"),
             }
         }
+    }
+    if dry_run {
+        writeln!(
+            out,
+            "dry run: nothing was changed; the lines above are what would be done"
+        )
+        .map_err(io)?;
     }
     Ok(())
 }

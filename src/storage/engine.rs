@@ -194,10 +194,19 @@ impl Engine {
         &self,
         skip_reset_of: Option<&str>,
     ) -> Result<(StateLock, State), StorageError> {
+        self.begin_with(skip_reset_of).map(|(l, s, _)| (l, s))
+    }
+
+    /// Like `begin`, and also returns the interrupted change it finished, if any.
+    fn begin_with(
+        &self,
+        skip_reset_of: Option<&str>,
+    ) -> Result<(StateLock, State, Option<Pending>), StorageError> {
         let lock = StateLock::acquire(&self.cfg.state_dir)?;
         let mut st = State::load(&self.cfg.state_dir)?;
+        let finished = st.pending.clone();
         self.recover(&mut st, skip_reset_of)?;
-        Ok((lock, st))
+        Ok((lock, st, finished))
     }
 
     fn save(&self, st: &State) -> Result<(), StorageError> {
@@ -602,7 +611,11 @@ impl Engine {
 
     pub fn detach(&self, mac: MacAddr) -> Result<(), StorageError> {
         let key = mac.to_string();
-        let (_lock, mut st) = self.begin(Some(&key))?;
+        let (_lock, mut st, finished) = self.begin_with(Some(&key))?;
+        if finished.is_some_and(|p| p.op == Op::Detach && p.client.mac == key) {
+            // The interrupted run was this very detach; recovery just finished it.
+            return Ok(());
+        }
         self.detach_locked(&mut st, &key)
     }
 
