@@ -1,0 +1,227 @@
+//! The full chain on the tgt/reflink path: the real `pxesrv` serves the boot tree over HTTP
+//! (with `pxesrv-storage hook` as its boot hook), iPXE clients in QEMU (TCG) fetch
+//! `/redirect?mac=...`, get the `sanboot` script pxesrv-storage wrote, log in to tgtd with
+//! their initiator name and boot their own copy-on-write disk: a marker sector that prints
+//! its name on the serial port and exits QEMU with status 33.
+//!
+//! Needs root, tgtd, tgtadm, qemu-io, qemu-system-x86_64 with ipxe-qemu, mkfs.xfs.
+
+mod storage_support;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use storage_support::*;
+
+const MIB: u64 = 1 << 20;
+const A: &str = "52-54-00-12-00-0a";
+const B: &str = "52-54-00-12-00-0b";
+const C: &str = "52-54-00-12-00-0c";
+
+/// A child process killed on drop.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The real pxesrv on 127.0.0.1:PORT, with the storage hook.
+fn start_pxesrv(root: &Path, hook: &str, log: &Path) -> (Proc, u16) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pxesrv"))
+        .arg("--root")
+        .arg(root)
+        .args(["--listen", "127.0.0.1:0", "--boot-hook", hook])
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start pxesrv");
+    let stderr = child.stderr.take().unwrap();
+    let guard = Proc(child);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let log = log.to_owned();
+    std::thread::spawn(move || {
+        let mut out = std::fs::File::create(&log).unwrap();
+        let mut sent = false;
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            use std::io::Write;
+            let _ = writeln!(out, "{line}");
+            if !sent && line.contains("listening") {
+                if let Some(addr) = line
+                    .split_whitespace()
+                    .find_map(|w| w.strip_prefix("addr="))
+                {
+                    let _ = tx.send(addr.to_string());
+                    sent = true;
+                }
+            }
+        }
+    });
+    let addr = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("pxesrv did not say it is listening");
+    let port = addr.rsplit_once(':').unwrap().1.parse().unwrap();
+    (guard, port)
+}
+
+/// Boots an iPXE client with `mac` (TCG, never KVM). Returns QEMU's exit status and the
+/// serial output.
+fn boot(dir: &Path, http_port: u16, mac: &str, tag: &str) -> (Option<i32>, String) {
+    let serial = dir.join(format!("serial-{tag}.log"));
+    let colon = mac.replace('-', ":");
+    let child = Command::new("qemu-system-x86_64")
+        .args(["-accel", "tcg", "-machine", "graphics=off", "-m", "256"])
+        .args(["-display", "none", "-nodefaults", "-no-reboot"])
+        .args(["-boot", "n,reboot-timeout=0"])
+        .arg("-netdev")
+        .arg(format!(
+            "user,id=n0,bootfile=http://10.0.2.2:{http_port}/redirect?mac=${{net0/mac}}"
+        ))
+        .arg("-device")
+        .arg(format!("virtio-net-pci,netdev=n0,mac={colon}"))
+        .arg("-serial")
+        .arg(format!("file:{}", serial.display()))
+        .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start qemu");
+    let mut vm = Proc(child);
+    let t0 = Instant::now();
+    let status = loop {
+        if let Some(s) = vm.0.try_wait().unwrap() {
+            break s.code();
+        }
+        if t0.elapsed() > Duration::from_secs(120) {
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    drop(vm);
+    let out = String::from_utf8_lossy(&std::fs::read(&serial).unwrap_or_default()).into_owned();
+    let _ = std::io::Write::write_all(
+        &mut std::io::stderr(),
+        format!(
+            "boot {tag} ({mac}): qemu status {status:?} in {:.1}s\n",
+            t0.elapsed().as_secs_f64()
+        )
+        .as_bytes(),
+    );
+    (status, out)
+}
+
+fn assert_boots(dir: &Path, http_port: u16, mac: &str, tag: &str, marker: &str) {
+    let (status, serial) = boot(dir, http_port, mac, tag);
+    let text: String = serial.replace('\r', "");
+    assert_eq!(
+        status,
+        Some(33),
+        "{tag}: the marker sector did not run; serial:\n{text}"
+    );
+    assert!(
+        text.contains(marker),
+        "{tag}: expected {marker}; serial:\n{text}"
+    );
+    for other in ["GOLDEN", "CLIENT-A", "CLIENT-C"] {
+        if other != marker {
+            assert!(
+                !text.contains(&format!("\n{other}\n")),
+                "{tag}: booted {other}:\n{text}"
+            );
+        }
+    }
+}
+
+fn write_marker_via_iscsi(dir: &Path, port: u16, mac: &str, marker: &str) {
+    let sector: PathBuf = dir.join(format!("{marker}.bin"));
+    std::fs::write(&sector, marker_sector(marker)).unwrap();
+    iscsi_write_file(port, &tgt_iqn(mac), &ini(mac), &sector);
+    assert!(has_marker(
+        &iscsi_read(port, &tgt_iqn(mac), &ini(mac), 0, 64),
+        marker
+    ));
+}
+
+#[test]
+fn ipxe_clients_boot_their_own_cow_disks() {
+    let test = "ipxe_clients_boot_their_own_cow_disks";
+    if !require(
+        test,
+        &[
+            "tgtd",
+            "tgtadm",
+            "qemu-io",
+            "qemu-system-x86_64",
+            "mkfs.xfs",
+            "mount",
+            "cp",
+        ],
+    ) {
+        return;
+    }
+    if !Path::new("/usr/lib/ipxe/qemu/efi-virtio.rom").exists()
+        && !Path::new("/usr/share/qemu/efi-virtio.rom").exists()
+    {
+        if e2e_required() {
+            panic!("{test}: PXESRV_E2E=1 but the iPXE ROM for QEMU (ipxe-qemu) is missing");
+        }
+        skip(test, "ipxe-qemu is not installed");
+        return;
+    }
+    let fs = LoopFs::new(FsKind::Xfs, 512 * MIB);
+    let tgtd = Tgtd::start(fs.tmp.path());
+    let port = tgtd.port;
+    // QEMU's user network shows the host's 127.0.0.1 to the guest as 10.0.2.2.
+    let s = Setup::new(&fs.mnt, tgtd.control, "10.0.2.2", port);
+    let work = s.dir.path().to_owned();
+    write_marker_disk(&fs.mnt.join("golden.img"), "GOLDEN", 64 * MIB);
+    let g = fs.mnt.join("golden.img");
+    s.ok(&["image", "add", "golden", "--file", g.to_str().unwrap()]);
+    s.ok(&["client", "attach", A, "--image", "golden"]);
+    s.ok(&["client", "attach", B, "--image", "golden"]);
+    s.ok(&[
+        "client",
+        "attach",
+        C,
+        "--image",
+        "golden",
+        "--mode",
+        "reset-on-boot",
+    ]);
+    let script = std::fs::read_to_string(s.root.join("static").join(A)).unwrap();
+    assert!(
+        script.contains(&format!("sanboot iscsi:10.0.2.2::{port}:1:{}", tgt_iqn(A))),
+        "{script}"
+    );
+
+    // A's own disk gets its own marker, written by a real initiator as A.
+    write_marker_via_iscsi(&work, port, A, "CLIENT-A");
+    write_marker_via_iscsi(&work, port, C, "CLIENT-C");
+
+    let hook = format!(
+        "{} --config {} hook",
+        env!("CARGO_BIN_EXE_pxesrv-storage"),
+        s.config.display()
+    );
+    let (_srv, http_port) = start_pxesrv(&s.root, &hook, &work.join("pxesrv.log"));
+
+    assert_boots(&work, http_port, A, "a-1", "CLIENT-A");
+    assert_boots(&work, http_port, B, "b-1", "GOLDEN");
+    // Reset drops A's writes: the golden image boots again.
+    s.ok(&["client", "reset", A]);
+    assert_boots(&work, http_port, A, "a-2", "GOLDEN");
+    // reset-on-boot: the boot hook resets C before it logs in, every time.
+    assert_boots(&work, http_port, C, "c-1", "GOLDEN");
+    write_marker_via_iscsi(&work, port, C, "CLIENT-C");
+    assert_boots(&work, http_port, C, "c-2", "GOLDEN");
+    // The golden image itself never changed.
+    assert!(has_marker(&std::fs::read(&g).unwrap()[..64], "GOLDEN"));
+    let log = std::fs::read_to_string(work.join("pxesrv.log")).unwrap();
+    assert!(!log.contains("hook-failed"), "{log}");
+}
