@@ -601,3 +601,55 @@ fn restore_after_target_restart_and_boot_hook() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("tgt daemon is not answering"));
 }
+
+#[test]
+fn chap_is_required_when_asked_for() {
+    if !require(
+        "chap_is_required_when_asked_for",
+        &[TOOLS, &["iscsi-inq"]].concat(),
+    ) {
+        return;
+    }
+    let w = World::new(FsKind::Xfs);
+    w.add_golden();
+    w.s.ok(&["client", "attach", A, "--image", "golden", "--chap"]);
+    let script = std::fs::read_to_string(w.s.root.join("static").join(A)).unwrap();
+    let user = format!("pxc-{A}");
+    assert!(
+        script.contains(&format!("set username {user}\n")),
+        "{script}"
+    );
+    let secret = script
+        .lines()
+        .find_map(|l| l.strip_prefix("set password "))
+        .expect("password in the script")
+        .to_string();
+    assert_eq!(secret.len(), 16);
+    let inq = |creds: &str| {
+        run(std::process::Command::new("iscsi-inq")
+            .args(["-i", &ini(A)])
+            .arg(format!(
+                "iscsi://{creds}127.0.0.1:{}/{}/1",
+                w.tgtd.port,
+                tgt_iqn(A)
+            )))
+        .status
+        .success()
+    };
+    assert!(!inq(""), "no credentials: refused");
+    assert!(
+        !inq(&format!("{user}%wrongwrongwrong1@")),
+        "wrong secret: refused"
+    );
+    assert!(
+        inq(&format!("{user}%{secret}@")),
+        "the client's credentials: admitted"
+    );
+    w.s.ok(&["client", "detach", A]);
+    w.assert_only(&[]);
+    let accounts = w.tgtd.tgtadm(&["--op", "show", "--mode", "account"]);
+    assert!(
+        !String::from_utf8_lossy(&accounts.stdout).contains(&user),
+        "account removed"
+    );
+}

@@ -9,6 +9,7 @@
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -206,7 +207,13 @@ impl State {
         let mut text = serde_json::to_vec_pretty(self).expect("state serialises");
         text.push(b'\n');
         let write = || -> std::io::Result<()> {
-            let mut f = File::create(&tmp)?;
+            // CHAP secrets live here: readable by root only.
+            let mut f = OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)?;
             f.write_all(&text)?;
             f.sync_all()
         };
@@ -296,6 +303,12 @@ mod tests {
             .map(|e| e.unwrap().file_name().into_string().unwrap())
             .collect();
         assert_eq!(names, vec![STATE_FILE.to_string()], "no temp file left");
+        use std::os::unix::fs::PermissionsExt;
+        let mode = fs::metadata(State::path(dir.path()))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "CHAP secrets are not world-readable");
         fs::write(State::path(dir.path()), "{\"version\": 1, \"colour\": 2}").unwrap();
         let e = State::load(dir.path()).unwrap_err().to_string();
         assert!(e.contains("unknown field `colour`"), "{e}");
