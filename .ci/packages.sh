@@ -1,0 +1,266 @@
+#!/usr/bin/env bash
+# Packaging check: builds the .deb and the .rpm from the release build, installs
+# the .deb on this machine, runs the installed server the way pxesrv.service
+# would, then removes and purges the package and checks what stays behind.
+#
+# Expects: root on Debian 12, `cargo build --release --locked` already done
+# (dpkg-buildpackage runs it again, which is then a no-op), and the packages
+# in .ci/packages.deps installed. Leaves the machine as it found it: it
+# refuses to run if pxesrv is installed or /srv/pxesrv exists, and its exit
+# trap removes the package, the tree, the user and its temporary files.
+#
+# Usage: bash .ci/packages.sh      (prints PASS/FAIL lines, exits non-zero on a failure)
+
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SRC=$PWD
+T0=$(date +%s)
+FAILED=0
+TMP=
+SERVER_PID=
+
+pass() { echo "PASS: $*"; }
+fail() { echo "FAIL: $*"; FAILED=1; }
+# A failure after which nothing else makes sense: stop, the trap cleans up.
+die() { echo "FAIL: $*"; FAILED=1; exit 1; }
+check() { # check "what" command...
+    local what=$1
+    shift
+    if "$@"; then pass "$what"; else fail "$what"; fi
+}
+
+[ "$(id -u)" = 0 ] || die "must run as root (installs a package)"
+if dpkg-query -W -f='${Status}' pxesrv 2>/dev/null | grep -qv 'not-installed'; then
+    die "pxesrv is already installed here: refusing to touch an existing installation"
+fi
+if [ -e /srv/pxesrv ] || [ -L /srv/pxesrv ]; then
+    die "/srv/pxesrv exists: refusing to touch an operator's boot tree"
+fi
+had_user=no
+getent passwd pxesrv >/dev/null && had_user=yes
+had_group=no
+getent group pxesrv >/dev/null && had_group=yes
+had_varlib=no
+[ -e /var/lib/pxesrv ] && had_varlib=yes
+had_varlog=no
+[ -e /var/log/pxesrv ] && had_varlog=yes
+
+cleanup() {
+    local rc=$?
+    set +e
+    if [ -n "$SERVER_PID" ] && kill -0 "$SERVER_PID" 2>/dev/null; then
+        kill -KILL "$SERVER_PID"
+        wait "$SERVER_PID" 2>/dev/null
+    fi
+    if dpkg-query -W -f='${Status}' pxesrv 2>/dev/null | grep -qv 'not-installed'; then
+        DEBIAN_FRONTEND=noninteractive apt-get purge -y -qq pxesrv >/dev/null 2>&1 ||
+            dpkg --purge pxesrv >/dev/null 2>&1
+    fi
+    rm -rf /srv/pxesrv /srv/pxesrv.dpkg-new
+    [ $had_varlib = no ] && rm -rf /var/lib/pxesrv
+    [ $had_varlog = no ] && rm -rf /var/log/pxesrv
+    [ $had_user = no ] && getent passwd pxesrv >/dev/null && userdel pxesrv
+    [ $had_group = no ] && getent group pxesrv >/dev/null && groupdel pxesrv
+    (cd "$SRC" && debian/rules clean >/dev/null 2>&1)
+    [ -n "$TMP" ] && rm -rf "$TMP"
+    echo "packages.sh: $(($(date +%s) - T0)) s"
+    if [ $rc -ne 0 ] || [ $FAILED -ne 0 ]; then
+        echo "FAIL: packages.sh"
+        exit 1
+    fi
+    echo "PASS: packages.sh"
+}
+trap cleanup EXIT
+TMP=$(mktemp -d /tmp/pxesrv-packages.XXXXXX)
+
+# --- versions -------------------------------------------------------------------------------
+cargo_version=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n1)
+deb_version=$(dpkg-parsechangelog -SVersion)
+rpm_version=$(sed -n 's/^Version: *//p' pxesrv.spec)
+check "versions agree: Cargo.toml $cargo_version, debian/changelog $deb_version, pxesrv.spec $rpm_version" \
+    test "$cargo_version" = "$deb_version" -a "$cargo_version" = "$rpm_version"
+
+# --- .deb -----------------------------------------------------------------------------------
+if PXESRV_DEB_DESTDIR=$TMP dpkg-buildpackage -b -us -uc \
+    --buildinfo-file="$TMP/pxesrv.buildinfo" --buildinfo-option=-u"$TMP" \
+    --changes-file="$TMP/pxesrv.changes" --changes-option=-u"$TMP" \
+    >"$TMP/deb-build.log" 2>&1; then
+    pass "dpkg-buildpackage -b"
+else
+    tail -n 40 "$TMP/deb-build.log"
+    die "dpkg-buildpackage -b (log above)"
+fi
+DEB=$(echo "$TMP"/pxesrv_*.deb)
+[ -f "$DEB" ] || die "no .deb in $TMP"
+dpkg-deb -c "$DEB" >"$TMP/deb-contents"
+for f in ./usr/bin/pxesrv ./usr/bin/pxesrv-storage ./lib/systemd/system/pxesrv.service \
+    ./lib/systemd/system/pxesrv-storage-restore.service ./etc/default/pxesrv \
+    ./usr/share/man/man1/pxesrv.1.gz ./usr/share/man/man1/pxesrv-storage.1.gz \
+    ./usr/share/pxesrv/examples/public/default ./usr/share/doc/pxesrv/examples; do
+    check "deb contains $f" grep -q " $f\( \|$\)" "$TMP/deb-contents"
+done
+check "deb marks /etc/default/pxesrv as a conffile" \
+    sh -c "dpkg-deb --ctrl-tarfile '$DEB' | tar -xO ./conffiles | grep -qx /etc/default/pxesrv"
+# lintian refuses nothing below error; the accepted warnings are listed in docs/install.md.
+if lintian --fail-on error "$TMP/pxesrv.changes" >"$TMP/lintian.log" 2>&1; then
+    pass "lintian: no errors"
+else
+    fail "lintian reported errors"
+fi
+grep -E '^[EWI]:' "$TMP/lintian.log" | sed 's/^/  lintian /' || true
+
+# --- .rpm -----------------------------------------------------------------------------------
+if rpmbuild -bb --define "_topdir $TMP/rpmbuild" pxesrv.spec >"$TMP/rpm-build.log" 2>&1; then
+    pass "rpmbuild -bb pxesrv.spec"
+else
+    tail -n 40 "$TMP/rpm-build.log"
+    die "rpmbuild -bb pxesrv.spec (log above)"
+fi
+RPM=$(echo "$TMP"/rpmbuild/RPMS/*/pxesrv-*.rpm)
+rpm -qlp "$RPM" >"$TMP/rpm-contents"
+for f in /usr/bin/pxesrv /usr/bin/pxesrv-storage /usr/lib/systemd/system/pxesrv.service \
+    /usr/lib/systemd/system/pxesrv-storage-restore.service /etc/sysconfig/pxesrv \
+    /usr/lib/sysusers.d/pxesrv.conf /usr/share/man/man1/pxesrv.1 \
+    /usr/share/pxesrv/examples/public/default /usr/share/doc/pxesrv/examples; do
+    check "rpm -qlp lists $f" grep -qx "$f" "$TMP/rpm-contents"
+done
+check "rpm's unit reads /etc/sysconfig/pxesrv" sh -c \
+    "rpm2archive - <'$RPM' | tar -xzO ./usr/lib/systemd/system/pxesrv.service | grep -qx 'EnvironmentFile=-/etc/sysconfig/pxesrv'"
+check "rpm marks /etc/sysconfig/pxesrv as config" sh -c "rpm -qcp '$RPM' | grep -qx /etc/sysconfig/pxesrv"
+
+# --- install --------------------------------------------------------------------------------
+if DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$DEB" \
+    >"$TMP/install.log" 2>&1; then
+    pass "apt-get install ./$(basename "$DEB")"
+else
+    cat "$TMP/install.log"
+    die "apt-get install of the .deb (log above)"
+fi
+check "user pxesrv exists" getent passwd pxesrv
+check "pxesrv --version says $cargo_version" sh -c "/usr/bin/pxesrv --version | grep -qF '$cargo_version'"
+check "/srv/pxesrv was created from the example tree" \
+    diff -r /usr/share/pxesrv/examples/public /srv/pxesrv
+check "/srv/pxesrv/once belongs to pxesrv" test "$(stat -c %U /srv/pxesrv/once)" = pxesrv
+check "/srv/pxesrv/default is not writable by pxesrv" \
+    setpriv --reuid=pxesrv --regid=pxesrv --init-groups test ! -w /srv/pxesrv/default
+check "/usr/share/doc/pxesrv/examples/public/default is readable" \
+    test -r /usr/share/doc/pxesrv/examples/public/default
+
+UNIT=/lib/systemd/system/pxesrv.service
+# systemd-analyze verify runs `man` for Documentation=; skip that only if this
+# system drops man pages (dpkg path-exclude, as minimal images do).
+man_opt=--man=yes
+[ -f /usr/share/man/man1/pxesrv.1.gz ] || man_opt=--man=no
+check "systemd-analyze verify ($man_opt) on the installed units" \
+    systemd-analyze verify "$man_opt" "$UNIT" /lib/systemd/system/pxesrv-storage-restore.service
+score=$(systemd-analyze security --offline=true "$UNIT" 2>/dev/null |
+    sed -n 's/.*Overall exposure level for pxesrv.service: \([0-9.]*\).*/\1/p')
+check "systemd-analyze security pxesrv.service: exposure $score (must be <= 2.0)" \
+    awk -v s="$score" 'BEGIN { exit !(s != "" && s <= 2.0) }'
+check "pxesrv check passes on the installed tree (as user pxesrv)" \
+    setpriv --reuid=pxesrv --regid=pxesrv --init-groups /usr/bin/pxesrv check --root /srv/pxesrv
+
+# --- run as the unit would ------------------------------------------------------------------
+# systemd is not PID 1 here (a container), so do what the unit does by hand:
+# its User/Group, a clean environment with the EnvironmentFile, no new
+# privileges, no capabilities, its ExecStart. Only the listen address differs.
+listening() { # port -> listening on TCP (v4 or v6)?
+    local hex
+    hex=$(printf '%04X' "$1")
+    cat /proc/net/tcp /proc/net/tcp6 2>/dev/null | awk -v p=":$hex" '$2 ~ p"$" && $4 == "0A" { f = 1 } END { exit !f }'
+}
+PORT=
+for _ in $(seq 50); do
+    p=$((20000 + RANDOM % 40000))
+    if ! listening "$p"; then PORT=$p; break; fi
+done
+[ -n "$PORT" ] || die "no free loopback port found"
+
+unit_value() { sed -n "s/^$1=//p" "$UNIT" | tail -n1; }
+exec_start=$(unit_value ExecStart)
+unit_user=$(unit_value User)
+unit_group=$(unit_value Group)
+env_file=$(unit_value EnvironmentFile)
+env_file=${env_file#-}
+check "unit runs $exec_start as $unit_user:$unit_group with $env_file" \
+    test "$unit_user" = pxesrv -a "$unit_group" = pxesrv -a "$env_file" = /etc/default/pxesrv
+
+# shellcheck disable=SC2086 # ExecStart is a command line: split it like systemd does
+env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+    bash -c 'set -a; . "$1"; set +a; shift; exec "$@"' _ "$env_file" \
+    env PXESRV_LISTEN="127.0.0.1:$PORT" \
+    setpriv --reuid="$unit_user" --regid="$unit_group" --init-groups --no-new-privs \
+    --inh-caps=-all --bounding-set=-all $exec_start \
+    >"$TMP/server.log" 2>&1 &
+SERVER_PID=$!
+
+up=no
+for _ in $(seq 100); do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then up=yes; break; fi
+    kill -0 "$SERVER_PID" 2>/dev/null || break
+    sleep 0.1
+done
+if [ $up = yes ]; then
+    pass "installed server answers on 127.0.0.1:$PORT"
+else
+    sed 's/^/  server: /' "$TMP/server.log"
+    die "installed server did not come up on 127.0.0.1:$PORT"
+fi
+
+if curl -fsS "http://127.0.0.1:$PORT/redirect" -o "$TMP/redirect.out"; then
+    pass "GET /redirect"
+    if cmp -s "$TMP/redirect.out" /srv/pxesrv/default; then
+        pass "GET /redirect answers the installed default script"
+    else
+        diff "$TMP/redirect.out" /srv/pxesrv/default | sed 's/^/  /'
+        fail "GET /redirect is not the installed default script"
+    fi
+else
+    fail "GET /redirect"
+fi
+
+kill -TERM "$SERVER_PID"
+stopped=no
+for _ in $(seq 150); do
+    kill -0 "$SERVER_PID" 2>/dev/null || { stopped=yes; break; }
+    sleep 0.1
+done
+if [ $stopped = yes ]; then
+    rc=0
+    wait "$SERVER_PID" || rc=$?
+    SERVER_PID=
+    check "SIGTERM: server exited with status $rc (want 0)" test "$rc" = 0
+else
+    fail "SIGTERM: server still running after 15 s"
+fi
+if [ $FAILED -ne 0 ]; then sed 's/^/  server: /' "$TMP/server.log"; fi
+
+# --- remove and purge -----------------------------------------------------------------------
+DEBIAN_FRONTEND=noninteractive apt-get remove -y -qq pxesrv >"$TMP/remove.log" 2>&1 ||
+    { cat "$TMP/remove.log"; die "apt-get remove pxesrv"; }
+pass "apt-get remove pxesrv"
+check "after remove: /usr/bin/pxesrv is gone" test ! -e /usr/bin/pxesrv
+check "after remove: /srv/pxesrv is still there" test -f /srv/pxesrv/default
+check "after remove: /etc/default/pxesrv is still there" test -f /etc/default/pxesrv
+
+# An operator's change must survive even a purge.
+echo "operator data" >/srv/pxesrv/static/ci-operator-note
+DEBIAN_FRONTEND=noninteractive apt-get purge -y -qq pxesrv >"$TMP/purge.log" 2>&1 ||
+    { cat "$TMP/purge.log"; die "apt-get purge pxesrv"; }
+pass "apt-get purge pxesrv"
+check "after purge: a changed /srv/pxesrv is kept" test -f /srv/pxesrv/static/ci-operator-note
+check "after purge: /etc/default/pxesrv is gone" test ! -e /etc/default/pxesrv
+rm -rf /srv/pxesrv
+
+# An untouched example tree is what the package created: purge takes it away.
+DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$DEB" \
+    >"$TMP/install2.log" 2>&1 || { cat "$TMP/install2.log"; die "second apt-get install"; }
+check "reinstall after purge: /srv/pxesrv created again" test -f /srv/pxesrv/default
+DEBIAN_FRONTEND=noninteractive apt-get purge -y -qq pxesrv >"$TMP/purge2.log" 2>&1 ||
+    { cat "$TMP/purge2.log"; die "second apt-get purge pxesrv"; }
+check "purge of an untouched install: /srv/pxesrv removed" test ! -e /srv/pxesrv
+check "purge: no pxesrv files left in /etc, /lib/systemd, /var/lib" sh -c \
+    '! ls /etc/default/pxesrv /lib/systemd/system/pxesrv.service /var/lib/pxesrv /etc/systemd/system/multi-user.target.wants/pxesrv.service 2>/dev/null | grep -q .'
+
+# The trap prints the summary and cleans up.
+[ $FAILED -eq 0 ]
