@@ -146,6 +146,7 @@ struct DirIndex {
     by_name: HashMap<EntryName, String>,
     /// Subnet entries, longest prefix first.
     subnets: Vec<(IpNet, String)>,
+    has_mac: bool,
 }
 
 struct IndexCache {
@@ -206,6 +207,7 @@ impl IndexCache {
                 _ => None,
             })
             .collect();
+        index.has_mac = index.by_name.keys().any(|n| matches!(n, EntryName::Mac(_)));
         index
             .subnets
             .sort_by(|a, b| b.0.prefix_len().cmp(&a.0.prefix_len()).then(a.1.cmp(&b.1)));
@@ -351,6 +353,12 @@ impl BootTree {
         out
     }
 
+    /// Whether any once or static entry is named by MAC (then a MAC-less iPXE client is worth
+    /// asking for its MAC).
+    pub fn has_mac_entries(&self) -> bool {
+        self.once.get().has_mac || self.statics.get().has_mac
+    }
+
     /// Follows `rel` (a path relative to the root, possibly a chain of symlinks, each resolved
     /// against its own directory) to a regular file inside the root and opens it.
     pub fn resolve(&self, rel: &str) -> Result<Resolved, LinkError> {
@@ -396,6 +404,64 @@ impl BootTree {
             });
         }
         Ok(Resolved { path, file, meta })
+    }
+
+    /// Whether an entry is usable: `Ok(target relative to the root)` or what is wrong with it.
+    pub fn health(&self, e: &DirEntry) -> Result<String, String> {
+        let name = e
+            .name
+            .as_ref()
+            .map_err(|err| format!("{}: {err}; rename or remove it", e.rel_path()))?;
+        if e.slot == Slot::Once && matches!(name, EntryName::Subnet(_)) {
+            return Err(format!(
+                "{}: a subnet in once/ would be used up by the first client of the subnet; \
+                 put subnet entries in static/",
+                e.rel_path()
+            ));
+        }
+        let resolved = self.resolve(&e.rel_path()).map_err(|err| err.to_string())?;
+        Ok(resolved
+            .path
+            .strip_prefix(&self.root)
+            .unwrap_or(&resolved.path)
+            .display()
+            .to_string())
+    }
+
+    /// Every problem of the tree, each a sentence that says what to do.
+    pub fn problems(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        match self.resolve("default") {
+            Ok(_) => {}
+            Err(LinkError::Dangling { .. })
+                if fs::symlink_metadata(self.root.join("default")).is_err() =>
+            {
+                out.push(format!(
+                    "default is missing: clients without an entry get a script that sends them \
+                     to their next boot device; create {}/default",
+                    self.root.display()
+                ))
+            }
+            Err(e) => out.push(e.to_string()),
+        }
+        for slot in [Slot::Once, Slot::Static] {
+            let entries = self.list(slot);
+            let mut seen: HashMap<EntryName, &str> = HashMap::new();
+            for e in &entries {
+                if let Err(p) = self.health(e) {
+                    out.push(p);
+                }
+                if let Ok(name) = &e.name {
+                    if let Some(first) = seen.insert(*name, &e.file_name) {
+                        out.push(format!(
+                            "{slot}/{first} and {slot}/{} name the same client; remove one",
+                            e.file_name
+                        ));
+                    }
+                }
+            }
+        }
+        out
     }
 
     /// Consumes the once link `entry` (`once/NAME`): moves it to `once/.consumed/` under a
@@ -608,6 +674,10 @@ impl BootTree {
             if seg.starts_with('.') || seg.contains(['/', '\\', '\0']) {
                 return None;
             }
+            // Entry directories are private by name and by what they lead to (below).
+            if rel.as_os_str().is_empty() && (seg == "once" || seg == "static") {
+                return None;
+            }
             rel.push(seg.as_ref());
         }
         let canon = fs::canonicalize(self.root.join(&rel)).ok()?;
@@ -737,12 +807,13 @@ mod tests {
         let (dir, t) = tree();
         let r = dir.path();
         fs::write(r.join("static/10.0.0.1"), "#!ipxe\n").unwrap();
+        symlink("../menus/install.ipxe", r.join("static/10.0.0.2")).unwrap();
         symlink("static", r.join("peek")).unwrap();
         symlink("/etc", r.join("etc")).unwrap();
         let ok = |p: &str| t.public_path(p).is_some();
         assert!(ok("/menus/install.ipxe"));
         assert!(ok("/menus/sub/deep.ipxe"));
-        assert!(ok("/menus%2Finstall.ipxe") == false, "encoded slash");
+        assert!(!ok("/menus%2Finstall.ipxe"), "encoded slash");
         for bad in [
             "/../etc/passwd",
             "/menus/../../etc/passwd",
@@ -750,6 +821,9 @@ mod tests {
             "/menus/%2e%2e/%2e%2e/etc/passwd",
             "/menus%2F..%2F..%2Fetc%2Fpasswd",
             "/static/10.0.0.1",
+            "/static/10.0.0.2",
+            "/static/",
+            "/%73tatic/10.0.0.2",
             "/once",
             "/peek/10.0.0.1",
             "/etc/passwd",
