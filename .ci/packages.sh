@@ -136,7 +136,7 @@ else
     cat "$TMP/install.log"
     die "apt-get install of the .deb (log above)"
 fi
-check "user pxesrv exists" getent passwd pxesrv
+check "user pxesrv exists" sh -c "getent passwd pxesrv >/dev/null"
 check "pxesrv --version says $cargo_version" sh -c "/usr/bin/pxesrv --version | grep -qF '$cargo_version'"
 check "/srv/pxesrv was created from the example tree" \
     diff -r /usr/share/pxesrv/examples/public /srv/pxesrv
@@ -158,7 +158,7 @@ score=$(systemd-analyze security --offline=true "$UNIT" 2>/dev/null |
 check "systemd-analyze security pxesrv.service: exposure $score (must be <= 2.0)" \
     awk -v s="$score" 'BEGIN { exit !(s != "" && s <= 2.0) }'
 check "pxesrv check passes on the installed tree (as user pxesrv)" \
-    setpriv --reuid=pxesrv --regid=pxesrv --init-groups /usr/bin/pxesrv check --root /srv/pxesrv
+    sh -c "setpriv --reuid=pxesrv --regid=pxesrv --init-groups /usr/bin/pxesrv check --root /srv/pxesrv >/dev/null"
 
 # --- run as the unit would ------------------------------------------------------------------
 # systemd is not PID 1 here (a container), so do what the unit does by hand:
