@@ -185,7 +185,7 @@ env_file=${env_file#-}
 check "unit runs $exec_start as $unit_user:$unit_group with $env_file" \
     test "$unit_user" = pxesrv -a "$unit_group" = pxesrv -a "$env_file" = /etc/default/pxesrv
 
-# shellcheck disable=SC2086 # ExecStart is a command line: split it like systemd does
+# shellcheck disable=SC2086,SC2016 # split ExecStart like systemd; $1 is for the inner bash
 env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
     bash -c 'set -a; . "$1"; set +a; shift; exec "$@"' _ "$env_file" \
     env PXESRV_LISTEN="127.0.0.1:$PORT" \
