@@ -185,14 +185,23 @@ env_file=${env_file#-}
 check "unit runs $exec_start as $unit_user:$unit_group with $env_file" \
     test "$unit_user" = pxesrv -a "$unit_group" = pxesrv -a "$env_file" = /etc/default/pxesrv
 
+# The server's system calls are recorded (strace) to check them against the
+# unit's SystemCallFilter below: the filter itself cannot run without systemd.
+tracer=()
+if strace -f -qq -o /dev/null true 2>/dev/null; then
+    tracer=(strace -f -qq -o "$TMP/strace.out")
+else
+    echo "SKIP: syscall audit: strace is missing or cannot trace here (install strace)"
+fi
+
 # shellcheck disable=SC2086,SC2016 # split ExecStart like systemd; $1 is for the inner bash
 env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
     bash -c 'set -a; . "$1"; set +a; shift; exec "$@"' _ "$env_file" \
-    env PXESRV_LISTEN="127.0.0.1:$PORT" \
+    env PXESRV_LISTEN="127.0.0.1:$PORT" "${tracer[@]}" \
     setpriv --reuid="$unit_user" --regid="$unit_group" --init-groups --no-new-privs \
     --inh-caps=-all --bounding-set=-all $exec_start \
     >"$TMP/server.log" 2>&1 &
-SERVER_PID=$!
+SERVER_PID=$!   # the server itself, or strace, which exits with the server's status
 
 up=no
 for _ in $(seq 100); do
@@ -206,6 +215,9 @@ else
     sed 's/^/  server: /' "$TMP/server.log"
     die "installed server did not come up on 127.0.0.1:$PORT"
 fi
+# The process to signal: with strace, its child (setpriv exec'd the server).
+TERM_PID=$SERVER_PID
+if [ ${#tracer[@]} -gt 0 ]; then TERM_PID=$(ps -o pid= --ppid "$SERVER_PID" | tr -d ' '); fi
 
 if curl -fsS "http://127.0.0.1:$PORT/redirect" -o "$TMP/redirect.out"; then
     pass "GET /redirect"
@@ -219,7 +231,25 @@ else
     fail "GET /redirect"
 fi
 
-kill -TERM "$SERVER_PID"
+# A once entry, set by the operator (root) the documented way: the server,
+# as user pxesrv, must be able to consume it in the root-owned tree.
+pxesrv --root /srv/pxesrv set once 127.0.0.1 menus/lab.ipxe >/dev/null ||
+    fail "pxesrv set once 127.0.0.1 menus/lab.ipxe"
+if curl -fsS -D "$TMP/once.headers" "http://127.0.0.1:$PORT/redirect" -o /dev/null &&
+    grep -qi '^x-pxesrv-rule: once-ip' "$TMP/once.headers" &&
+    grep -qi '^x-pxesrv-target: menus/lab.ipxe' "$TMP/once.headers"; then
+    pass "GET /redirect answers the once entry (menus/lab.ipxe)"
+else
+    sed 's/^/  /' "$TMP/once.headers"
+    fail "GET /redirect answers the once entry (menus/lab.ipxe)"
+fi
+once_consumed() {
+    [ ! -e /srv/pxesrv/once/127.0.0.1 ] && [ ! -L /srv/pxesrv/once/127.0.0.1 ] &&
+        find /srv/pxesrv/once/.consumed -name '*127.0.0.1' | grep -q .
+}
+check "the once entry was consumed by user pxesrv (moved to once/.consumed)" once_consumed
+
+kill -TERM "$TERM_PID"
 stopped=no
 for _ in $(seq 150); do
     kill -0 "$SERVER_PID" 2>/dev/null || { stopped=yes; break; }
@@ -234,6 +264,45 @@ else
     fail "SIGTERM: server still running after 15 s"
 fi
 if [ $FAILED -ne 0 ]; then sed 's/^/  server: /' "$TMP/server.log"; fi
+
+# Every system call the server made must pass the unit's SystemCallFilter=
+# lines (allow lists, then ~deny lists), expanded by systemd-analyze.
+expand_filter() { # names and @groups -> syscall names
+    local x
+    for x in "$@"; do
+        case $x in
+        @*) systemd-analyze syscall-filter "$x" | tail -n +2 |
+            sed -n 's/^ *\([@a-z_0-9-]*\)$/\1/p' | while read -r y; do expand_filter "$y"; done ;;
+        *) echo "$x" ;;
+        esac
+    done
+}
+if [ -s "$TMP/strace.out" ]; then
+    used=$TMP/syscalls.used
+    # From the exec of the server on: what setpriv did before is systemd's job.
+    awk 'f && $2 ~ /^[a-z_0-9]+\(/ { sub(/\(.*/, "", $2); print $2 }
+         $2 ~ /^execve\("\/usr\/bin\/pxesrv"/ { f = 1 }' "$TMP/strace.out" |
+        sort -u >"$used"
+    : >"$TMP/allowed"
+    : >"$TMP/denied"
+    while read -r line; do
+        # shellcheck disable=SC2086 # a filter line is a word list
+        case $line in
+        "~"*) expand_filter ${line#\~} >>"$TMP/denied" ;;
+        *) expand_filter $line >>"$TMP/allowed" ;;
+        esac
+    done < <(sed -n 's/^SystemCallFilter=//p' "$UNIT")
+    sort -u -o "$TMP/allowed" "$TMP/allowed"
+    sort -u -o "$TMP/denied" "$TMP/denied"
+    blocked=$( (comm -23 "$used" "$TMP/allowed"; comm -12 "$used" "$TMP/denied") | sort -u | xargs)
+    check "the server's $(wc -l <"$used") system calls all pass the unit's SystemCallFilter${blocked:+ (blocked: $blocked)}" \
+        test -z "$blocked"
+    families=$(grep -oE '(socket|socketpair)\(AF_[A-Z0-9]+' "$TMP/strace.out" | sed 's/.*(//' | sort -u | xargs)
+    allowed_families=$(sed -n 's/^RestrictAddressFamilies=//p' "$UNIT")
+    bad=$(for f in $families; do case " $allowed_families " in *" $f "*) ;; *) echo "$f" ;; esac; done | xargs)
+    check "the server's socket families ($families) are in RestrictAddressFamilies${bad:+ (not: $bad)}" \
+        test -z "$bad"
+fi
 
 # --- remove and purge -----------------------------------------------------------------------
 DEBIAN_FRONTEND=noninteractive apt-get remove -y -qq pxesrv >"$TMP/remove.log" 2>&1 ||
