@@ -7,7 +7,8 @@
 # as the image's user, the way the container would: GET /redirect, the
 # HEALTHCHECK command, SIGTERM -> exit 0.
 #
-# Expects: root, podman, curl, `cargo build --release --locked` done.
+# Expects: root, podman and curl (in .ci/packages.deps), `cargo build --release
+# --locked` done. .ci/packages.sh calls it; it also runs alone.
 # Usage: bash .ci/container.sh     (PASS/FAIL lines, non-zero exit on a failure)
 
 set -euo pipefail
@@ -74,7 +75,7 @@ check "image is small: $((size / 1024)) KiB (< 20 MiB)" test "$size" -lt $((20 *
 CID=$(podman create "$TAG" 2>/dev/null) || die "podman create"
 ROOTFS=$TMP/rootfs
 mkdir -p "$ROOTFS"
-podman export "$CID" | tar -x -C "$ROOTFS" || die "podman export"
+podman export "$CID" | tar --numeric-owner -x -C "$ROOTFS" || die "podman export"
 pass "exported the image filesystem"
 check "once/ in the image belongs to the image user" test "$(stat -c %u:%g "$ROOTFS/srv/pxesrv/once")" = 65532:65532
 check "the image's tree is the example tree" diff -r public "$ROOTFS/srv/pxesrv"

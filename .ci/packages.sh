@@ -2,6 +2,7 @@
 # Packaging check: builds the .deb and the .rpm from the release build, installs
 # the .deb on this machine, runs the installed server the way pxesrv.service
 # would, then removes and purges the package and checks what stays behind.
+# Last, .ci/container.sh checks the container image built from the same binary.
 #
 # Expects: root on Debian 12, `cargo build --release --locked` already done
 # (dpkg-buildpackage runs it again, which is then a no-op), and the packages
@@ -330,6 +331,10 @@ DEBIAN_FRONTEND=noninteractive apt-get purge -y -qq pxesrv >"$TMP/purge2.log" 2>
 check "purge of an untouched install: /srv/pxesrv removed" test ! -e /srv/pxesrv
 check "purge: no pxesrv files left in /etc, /lib/systemd, /var/lib" sh -c \
     '! ls /etc/default/pxesrv /lib/systemd/system/pxesrv.service /var/lib/pxesrv /etc/systemd/system/multi-user.target.wants/pxesrv.service 2>/dev/null | grep -q .'
+
+# --- container --------------------------------------------------------------------------------
+# The image from the local release build: .ci/container.sh says what it can check here.
+if bash .ci/container.sh; then pass "container (.ci/container.sh)"; else fail "container (.ci/container.sh)"; fi
 
 # The trap prints the summary and cleans up.
 [ $FAILED -eq 0 ]
