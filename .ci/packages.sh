@@ -165,10 +165,11 @@ check "pxesrv check passes on the installed tree (as user pxesrv)" \
 # --- run as the unit would ------------------------------------------------------------------
 # systemd is not PID 1 here (a container), so do what the unit does by hand:
 # its User/Group, a clean environment with the EnvironmentFile, no new
-# privileges, no capabilities, its ExecStart, and ProtectSystem=strict the way
-# systemd makes it: in a private mount namespace, / is read-only except the
-# unit's ReadWritePaths= and LogsDirectory=. Only the listen address and the
-# log file (into the LogsDirectory, to check the server can write there) differ.
+# privileges, no capabilities, its ExecStart, and the file-system side of its
+# sandbox as .ci/unit-sandbox.sh emulates it: everything read-only except the
+# unit's ReadWritePaths= and LogsDirectory=, private /tmp and /dev, no /home,
+# a /proc of processes only. Only the listen address and the log file (into
+# the LogsDirectory, to check the server can write there) differ.
 listening() { # port -> listening on TCP (v4 or v6)?
     local hex
     hex=$(printf '%04X' "$1")
@@ -209,16 +210,12 @@ for p in $(sed -n 's/^ReadWritePaths=//p' "$UNIT"); do
     [ -e "$p" ] && rw_paths+=("$p")
 done
 check "unit's writable paths: ${rw_paths[*]}" test ${#rw_paths[@]} -ge 2
-# shellcheck disable=SC2016 # $@ is for the inner sh
-protect_system=(unshare --mount --propagation private sh -c
-    'for p in $RW_PATHS; do mount --bind "$p" "$p"; done; mount -o remount,bind,ro / && exec "$@"' sh)
-
 # shellcheck disable=SC2086,SC2016 # split ExecStart like systemd; $1 is for the inner bash
 env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
     bash -c 'set -a; . "$1"; set +a; shift; exec "$@"' _ "$env_file" \
     env PXESRV_LISTEN="127.0.0.1:$PORT" PXESRV_LOG="$logs_dir/pxesrv.log" \
-    "${tracer[@]}" env RW_PATHS="${rw_paths[*]}" "${protect_system[@]}" \
-    env -u RW_PATHS setpriv --reuid="$unit_user" --regid="$unit_group" --init-groups --no-new-privs \
+    "${tracer[@]}" .ci/unit-sandbox.sh "${rw_paths[@]}" -- \
+    setpriv --reuid="$unit_user" --regid="$unit_group" --init-groups --no-new-privs \
     --inh-caps=-all --bounding-set=-all $exec_start \
     >"$TMP/server.log" 2>&1 &
 SERVER_PID=$!   # the server itself, or strace, which exits with the server's status
