@@ -128,6 +128,9 @@ for f in /usr/bin/pxesrv /usr/bin/pxesrv-storage /usr/lib/systemd/system/pxesrv.
 done
 check "rpm's unit reads /etc/sysconfig/pxesrv" sh -c \
     "rpm2archive - <'$RPM' | tar -xzO ./usr/lib/systemd/system/pxesrv.service | grep -qx 'EnvironmentFile=-/etc/sysconfig/pxesrv'"
+for tag in PREIN POSTIN PREUN POSTUN; do
+    check "rpm %$tag scriptlet parses (sh -n)" sh -c "rpm -qp --qf '%{$tag}' '$RPM' | sh -n"
+done
 check "rpm marks /etc/sysconfig/pxesrv as config" sh -c "rpm -qcp '$RPM' | grep -qx /etc/sysconfig/pxesrv"
 
 # --- install --------------------------------------------------------------------------------
