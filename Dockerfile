@@ -17,8 +17,9 @@ ARG RUNTIME_IMAGE=gcr.io/distroless/cc-debian12:nonroot
 
 FROM ${RUST_IMAGE} AS builder
 WORKDIR /src
-COPY Cargo.toml Cargo.lock ./
-COPY src/ src/
+# The whole checkout less .dockerignore: Cargo.toml names targets (benches/)
+# whose files must exist even for `--bin pxesrv`.
+COPY . .
 RUN cargo build --release --locked --bin pxesrv \
     && install -D -m 0755 target/release/pxesrv /out/rootfs/usr/bin/pxesrv
 # The same layout as var/container/stage.sh makes for Containerfile.local.
