@@ -50,6 +50,20 @@ trap cleanup EXIT
 [ "$(id -u)" = 0 ] || die "must run as root (chroot)"
 TMP=$(mktemp -d /tmp/pxesrv-container.XXXXXX)
 
+# Dockerfile's runtime stage cannot be built here; its configuration must be
+# the one checked below, i.e. the same lines as Containerfile.local.
+runtime_config() { # file -> ENV/USER/EXPOSE/VOLUME/STOPSIGNAL/HEALTHCHECK/ENTRYPOINT after the last FROM
+    awk '/^FROM /{ n = NR } { l[NR] = $0 } END { for (i = n; i <= NR; i++) print l[i] }' "$1" |
+        sed -e ':a' -e '/\\$/N; s/\\\n//; ta' |
+        grep -E '^(ENV|USER|EXPOSE|VOLUME|STOPSIGNAL|HEALTHCHECK|ENTRYPOINT|CMD) '
+}
+if diff <(runtime_config Dockerfile) <(runtime_config Containerfile.local) >"$TMP/runtime.diff"; then
+    pass "Dockerfile's runtime stage has the configuration of Containerfile.local"
+else
+    sed 's/^/  /' "$TMP/runtime.diff"
+    fail "Dockerfile's runtime stage differs from Containerfile.local"
+fi
+
 var/container/stage.sh "$TMP/context" >/dev/null || die "var/container/stage.sh"
 pass "staged the build context from target/release"
 if podman build --format docker -f Containerfile.local -t "$TAG" "$TMP/context" \
