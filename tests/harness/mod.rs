@@ -1,0 +1,173 @@
+//! End-to-end harness: real iPXE clients (QEMU, TCG) booting through the real `pxesrv`.
+//!
+//! Reusable pieces, each cleaning up after itself on drop (also when a test panics):
+//! - [`tree::Tree`]: a boot tree in a temp dir, with marker targets ([`marker`]);
+//! - [`server::Server`]: `pxesrv` on that tree, its log parsed into events;
+//! - [`qemu::VmSpec`] / [`qemu::boot`]: one VM boot with a given MAC and network, serial
+//!   console, exit status and duration collected, at most [`MAX_VMS`] at a time;
+//! - [`netns::Netns`] / [`netns::Dnsmasq`]: a private network namespace with a bridge, taps
+//!   and dnsmasq handing out real addresses;
+//! - [`check`]: asserting which target a boot reached, printing console and server log if not.
+//!
+//! The tests run only with `PXESRV_E2E=1` ([`enabled`]); there, a missing tool fails the test.
+#![allow(dead_code)] // every test binary uses its own part of the harness
+
+pub mod check;
+pub mod marker;
+pub mod netns;
+pub mod qemu;
+pub mod server;
+pub mod tree;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Condvar, Mutex};
+use std::time::Duration;
+
+/// How to run the suite, for skip messages and failures.
+pub const HOW_TO_RUN: &str = "PXESRV_E2E=1 cargo test --test e2e";
+
+/// TCG is CPU-bound and the CI machine has 2 cores: never more VMs than this at once.
+pub const MAX_VMS: usize = 2;
+
+/// Writes a line to the real stderr: cargo's test capture hides `eprintln!` of passing tests,
+/// but not this.
+pub fn say(msg: &str) {
+    let mut err = std::io::stderr().lock();
+    let _ = err.write_all(format!("[e2e] {msg}\n").as_bytes());
+    let _ = err.flush();
+}
+
+/// Something a test needs from the machine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Need {
+    Qemu,
+    /// The iPXE option ROM QEMU's virtio-net-pci boots from (Debian package ipxe-qemu).
+    IpxeRom,
+    Dnsmasq,
+    Ip,
+    /// Network namespaces, bridges and taps need root.
+    Root,
+}
+
+/// True when the e2e suite should run (`PXESRV_E2E=1`). Then every need is checked and a
+/// missing one panics: in CI a missing tool is a failure, never a skip. Otherwise says loudly
+/// that `test` was skipped and how to run it.
+pub fn enabled(test: &str, needs: &[Need]) -> bool {
+    if std::env::var("PXESRV_E2E").as_deref() != Ok("1") {
+        say(&format!(
+            "SKIPPED {test}: end-to-end tests boot QEMU VMs and run only with PXESRV_E2E=1 \
+             (as root, with the packages in .ci/e2e-deps). Run them: {HOW_TO_RUN}"
+        ));
+        return false;
+    }
+    let missing: Vec<String> = needs.iter().filter_map(|n| check_need(*n).err()).collect();
+    assert!(
+        missing.is_empty(),
+        "PXESRV_E2E=1 but {test} cannot run:\n  {}\n(install the packages in .ci/e2e-deps)",
+        missing.join("\n  ")
+    );
+    true
+}
+
+fn check_need(need: Need) -> Result<(), String> {
+    match need {
+        Need::Qemu => tool("qemu-system-x86_64").map(drop),
+        Need::IpxeRom => ipxe_rom().map(drop),
+        Need::Dnsmasq => tool("dnsmasq").map(drop),
+        Need::Ip => tool("ip").map(drop),
+        Need::Root => {
+            let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+            let uid = status
+                .lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .unwrap_or("?")
+                .to_string();
+            if uid == "0" {
+                Ok(())
+            } else {
+                Err(format!(
+                    "not running as root (effective uid {uid}): network namespaces need it"
+                ))
+            }
+        }
+    }
+}
+
+/// The absolute path of `name`, looked up in `PATH` and the sbin directories (which a
+/// non-login root shell may lack).
+pub fn tool(name: &str) -> Result<PathBuf, String> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/sbin", "/usr/bin", "/bin"].map(PathBuf::from))
+        .map(|dir| dir.join(name))
+        .find(|p| is_executable(p))
+        .ok_or_else(|| format!("{name} not found in PATH or /usr/sbin, /sbin"))
+}
+
+fn is_executable(p: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    p.metadata()
+        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        .unwrap_or(false)
+}
+
+/// The iPXE ROM QEMU loads for virtio-net-pci, checked so a missing ROM is reported as such
+/// instead of as a VM that silently has no network boot.
+pub fn ipxe_rom() -> Result<PathBuf, String> {
+    let candidates = [
+        "/usr/lib/ipxe/qemu/efi-virtio.rom",
+        "/usr/share/qemu/efi-virtio.rom",
+    ];
+    candidates
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.is_file())
+        .ok_or_else(|| format!("iPXE ROM for virtio-net not found (looked at {candidates:?})"))
+}
+
+/// A counting semaphore for VM slots, shared by all tests of the binary.
+pub(crate) struct Slots {
+    used: Mutex<usize>,
+    freed: Condvar,
+}
+
+pub(crate) static VM_SLOTS: Slots = Slots {
+    used: Mutex::new(0),
+    freed: Condvar::new(),
+};
+
+pub(crate) struct SlotGuard;
+
+impl Slots {
+    pub(crate) fn acquire(&'static self) -> SlotGuard {
+        let mut used = self.used.lock().unwrap_or_else(|e| e.into_inner());
+        while *used >= MAX_VMS {
+            used = self.freed.wait(used).unwrap_or_else(|e| e.into_inner());
+        }
+        *used += 1;
+        SlotGuard
+    }
+}
+
+impl Drop for SlotGuard {
+    fn drop(&mut self) {
+        let mut used = VM_SLOTS.used.lock().unwrap_or_else(|e| e.into_inner());
+        *used -= 1;
+        VM_SLOTS.freed.notify_one();
+    }
+}
+
+/// Seconds with one decimal, for duration lines.
+pub fn secs(d: Duration) -> String {
+    format!("{:.1} s", d.as_secs_f64())
+}
+
+/// A fresh directory for one test's files (tree, consoles, logs), removed on drop.
+pub fn workdir(test: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("pxesrv-e2e-{test}-"))
+        .tempdir()
+        .expect("create a temp dir for the test")
+}
