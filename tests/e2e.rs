@@ -1,0 +1,497 @@
+//! End-to-end: real iPXE clients in QEMU boot through the real `pxesrv` binary.
+//!
+//! Each test writes a boot tree whose targets are scripts chaining marker boot sectors, starts
+//! `pxesrv` on it, boots VMs, and asserts which target each boot reached by all of: the marker
+//! on the serial console, QEMU's exit status 33, and the server's `boot` log line (rule, entry,
+//! target). Runs only with `PXESRV_E2E=1` (see `harness::enabled`):
+//!
+//!     PXESRV_E2E=1 cargo test --test e2e
+//!
+//! Most tests use QEMU user networking, where the guest reaches the host's loopback as
+//! 10.0.2.2 and the server sees every guest as 127.0.0.1; the MAC comes with the request.
+//! `namespace_dnsmasq_*` runs the deployment's network: dnsmasq in a private namespace.
+
+mod harness;
+
+use std::time::Instant;
+
+use harness::check::{assert_booted, Expect, Who};
+use harness::netns::{Dnsmasq, Netns, BRIDGE_IP};
+use harness::qemu::{boot, boot_all, VmSpec};
+use harness::server::{Server, ServerSpec};
+use harness::tree::Tree;
+use harness::{say, secs, Need};
+
+/// The URL iPXE clients are pointed at: iPXE expands `${net0/mac}` in the boot file name.
+const REDIRECT_WITH_MAC: &str = "/redirect?mac=${net0/mac}";
+
+/// One test's directory, boot tree and timing.
+struct Case {
+    name: &'static str,
+    dir: tempfile::TempDir,
+    tree: Tree,
+    started: Instant,
+}
+
+impl Case {
+    /// `None` (after saying so loudly) unless `PXESRV_E2E=1`.
+    fn new(name: &'static str, needs: &[Need]) -> Option<Case> {
+        if !harness::enabled(name, needs) {
+            return None;
+        }
+        let dir = harness::workdir(name);
+        let tree = Tree::new(&dir.path().join("root"));
+        Some(Case {
+            name,
+            dir,
+            tree,
+            started: Instant::now(),
+        })
+    }
+
+    /// `pxesrv` on this case's tree, on the loopback (QEMU user networking reaches it).
+    fn server(&self) -> Server {
+        Server::start(ServerSpec::pxesrv(
+            self.tree.root(),
+            &["127.0.0.1:0"],
+            &self.dir.path().join("pxesrv.log"),
+        ))
+    }
+
+    /// A VM on QEMU user networking whose DHCP boot file is `path` on `server`.
+    fn vm(&self, name: &str, mac: &str, server: &Server, path: &str) -> VmSpec {
+        VmSpec::user(name, mac, &format!("{}{path}", server.url_via("10.0.2.2")))
+    }
+}
+
+impl Drop for Case {
+    fn drop(&mut self) {
+        say(&format!(
+            "test {} {} after {}",
+            self.name,
+            if std::thread::panicking() {
+                "FAILED"
+            } else {
+                "passed"
+            },
+            secs(self.started.elapsed())
+        ));
+    }
+}
+
+/// `static/NAME` (or `once/NAME`) pointing at `target` the way `ln -s ../TARGET` would.
+fn entry_link(tree: &Tree, entry: &str, target: &str) {
+    tree.link(entry, &format!("../{target}"));
+}
+
+#[test]
+fn no_entry_boots_default() {
+    let Some(c) = Case::new("no_entry_boots_default", &[Need::Qemu, Need::IpxeRom]) else {
+        return;
+    };
+    let default = c.tree.marker_target("default");
+    let other = c.tree.marker_target("other-client");
+    c.tree.link("default", &default);
+    // Other clients have entries; this one has none.
+    entry_link(&c.tree, "static/52-54-00-e2-01-99", &other);
+    entry_link(&c.tree, "static/10.9.9.9", &other);
+    let server = c.server();
+
+    let mac = "52:54:00:e2:01:01";
+    let mark = server.mark();
+    let out = boot(
+        &c.vm("default", mac, &server, REDIRECT_WITH_MAC),
+        c.dir.path(),
+    );
+    assert_booted(
+        &out,
+        &server,
+        mark,
+        &Who::Mac(mac.into()),
+        &Expect::new("default", "default", "default", &default).client("127.0.0.1"),
+    );
+}
+
+#[test]
+fn static_by_mac_two_clients_two_targets() {
+    let Some(c) = Case::new(
+        "static_by_mac_two_clients_two_targets",
+        &[Need::Qemu, Need::IpxeRom],
+    ) else {
+        return;
+    };
+    let a = c.tree.marker_target("mac-a");
+    let b = c.tree.marker_target("mac-b");
+    let default = c.tree.marker_target("default");
+    c.tree.link("default", &default);
+    // Both spellings an operator might type.
+    entry_link(&c.tree, "static/52-54-00-e2-02-01", &a);
+    entry_link(&c.tree, "static/52:54:00:E2:02:02", &b);
+    let server = c.server();
+
+    let (mac_a, mac_b) = ("52:54:00:e2:02:01", "52:54:00:e2:02:02");
+    let mark = server.mark();
+    let outs = boot_all(
+        &[
+            c.vm("mac-a", mac_a, &server, REDIRECT_WITH_MAC),
+            c.vm("mac-b", mac_b, &server, REDIRECT_WITH_MAC),
+        ],
+        c.dir.path(),
+    );
+    assert_booted(
+        &outs[0],
+        &server,
+        mark,
+        &Who::Mac(mac_a.into()),
+        &Expect::new("mac-a", "static-mac", "static/52-54-00-e2-02-01", &a),
+    );
+    assert_booted(
+        &outs[1],
+        &server,
+        mark,
+        &Who::Mac(mac_b.into()),
+        &Expect::new("mac-b", "static-mac", "static/52:54:00:E2:02:02", &b),
+    );
+}
+
+#[test]
+fn static_by_ip() {
+    let Some(c) = Case::new("static_by_ip", &[Need::Qemu, Need::IpxeRom]) else {
+        return;
+    };
+    let by_ip = c.tree.marker_target("by-ip");
+    let by_subnet = c.tree.marker_target("by-subnet");
+    let default = c.tree.marker_target("default");
+    c.tree.link("default", &default);
+    // User networking: the server sees the guest as 127.0.0.1. The IP entry beats the subnet.
+    entry_link(&c.tree, "static/127.0.0.1", &by_ip);
+    entry_link(&c.tree, "static/127.0.0.0_8", &by_subnet);
+    let server = c.server();
+
+    let mac = "52:54:00:e2:03:01";
+    let mark = server.mark();
+    let out = boot(
+        &c.vm("by-ip", mac, &server, REDIRECT_WITH_MAC),
+        c.dir.path(),
+    );
+    assert_booted(
+        &out,
+        &server,
+        mark,
+        &Who::Mac(mac.into()),
+        &Expect::new("by-ip", "static-ip", "static/127.0.0.1", &by_ip).client("127.0.0.1"),
+    );
+}
+
+#[test]
+fn static_by_longest_subnet() {
+    let Some(c) = Case::new("static_by_longest_subnet", &[Need::Qemu, Need::IpxeRom]) else {
+        return;
+    };
+    let wide = c.tree.marker_target("subnet-8");
+    let narrow = c.tree.marker_target("subnet-24");
+    let elsewhere = c.tree.marker_target("subnet-elsewhere");
+    let default = c.tree.marker_target("default");
+    c.tree.link("default", &default);
+    entry_link(&c.tree, "static/127.0.0.0_8", &wide);
+    entry_link(&c.tree, "static/127.0.0.0_24", &narrow);
+    entry_link(&c.tree, "static/10.77.0.0_24", &elsewhere);
+    let server = c.server();
+
+    let mac = "52:54:00:e2:04:01";
+    let mark = server.mark();
+    let out = boot(
+        &c.vm("subnet", mac, &server, REDIRECT_WITH_MAC),
+        c.dir.path(),
+    );
+    assert_booted(
+        &out,
+        &server,
+        mark,
+        &Who::Mac(mac.into()),
+        &Expect::new("subnet-24", "static-subnet", "static/127.0.0.0_24", &narrow)
+            .client("127.0.0.1"),
+    );
+}
+
+#[test]
+fn once_boots_once_then_static_and_is_consumed() {
+    let Some(c) = Case::new(
+        "once_boots_once_then_static_and_is_consumed",
+        &[Need::Qemu, Need::IpxeRom],
+    ) else {
+        return;
+    };
+    let once = c.tree.marker_target("once");
+    let stat = c.tree.marker_target("static");
+    let default = c.tree.marker_target("default");
+    c.tree.link("default", &default);
+    let name = "52-54-00-e2-05-01";
+    let once_entry = format!("once/{name}");
+    let link_text = format!("../{once}");
+    c.tree.link(&once_entry, &link_text);
+    entry_link(&c.tree, &format!("static/{name}"), &stat);
+    let server = c.server();
+    let mac = "52:54:00:e2:05:01";
+    let vm = c.vm("once-1", mac, &server, REDIRECT_WITH_MAC);
+
+    let mark = server.mark();
+    let first = boot(&vm, c.dir.path());
+    assert_booted(
+        &first,
+        &server,
+        mark,
+        &Who::Mac(mac.into()),
+        &Expect::new("once", "once-mac", &once_entry, &once),
+    );
+    assert!(
+        !c.tree.exists(&once_entry),
+        "{once_entry} still exists after the once boot\ntree:\n{}",
+        c.tree.listing()
+    );
+    let records = c.tree.names("once/.consumed");
+    assert!(
+        records.len() == 1 && records[0].ends_with(name),
+        "want one record of {name} in once/.consumed/, found {records:?}\ntree:\n{}",
+        c.tree.listing()
+    );
+    let record = c.tree.path(&format!("once/.consumed/{}", records[0]));
+    assert_eq!(
+        std::fs::read_link(&record).ok(),
+        Some(link_text.clone().into()),
+        "the consumed record keeps the link as the operator wrote it"
+    );
+
+    let mark = server.mark();
+    let second = boot(
+        &VmSpec {
+            name: "once-2".into(),
+            ..vm
+        },
+        c.dir.path(),
+    );
+    assert_booted(
+        &second,
+        &server,
+        mark,
+        &Who::Mac(mac.into()),
+        &Expect::new("static", "static-mac", &format!("static/{name}"), &stat),
+    );
+    assert_eq!(
+        c.tree.names("once/.consumed").len(),
+        1,
+        "the second boot consumed nothing"
+    );
+}
+
+#[test]
+fn script_in_subdirectory_chains_relative_file() {
+    let Some(c) = Case::new(
+        "script_in_subdirectory_chains_relative_file",
+        &[Need::Qemu, Need::IpxeRom],
+    ) else {
+        return;
+    };
+    // menus/pick.ipxe says `chain rel.bin`. Answered at /redirect, iPXE alone would fetch
+    // /rel.bin, the decoy; the server must make it /menus/rel.bin.
+    c.tree
+        .file(
+            "menus/pick.ipxe",
+            "#!ipxe\necho pxesrv-e2e menu in a subdirectory\nchain rel.bin\n",
+        )
+        .file("menus/rel.bin", harness::marker::sector("menus-rel"))
+        .file("rel.bin", harness::marker::sector("root-decoy"));
+    let default = c.tree.marker_target("default");
+    c.tree.link("default", &default);
+    let name = "52-54-00-e2-06-01";
+    c.tree.link(&format!("static/{name}"), "../menus/pick.ipxe");
+    let server = c.server();
+
+    let mac = "52:54:00:e2:06:01";
+    let mark = server.mark();
+    let out = boot(
+        &c.vm("relative", mac, &server, REDIRECT_WITH_MAC),
+        c.dir.path(),
+    );
+    assert_booted(
+        &out,
+        &server,
+        mark,
+        &Who::Mac(mac.into()),
+        &Expect::new(
+            "menus-rel",
+            "static-mac",
+            &format!("static/{name}"),
+            "menus/pick.ipxe",
+        ),
+    );
+    let downloads: Vec<String> = server
+        .events_since(mark, "download")
+        .iter()
+        .filter_map(|e| e.get("path").map(String::from))
+        .collect();
+    assert_eq!(
+        downloads,
+        ["/menus/rel.bin"],
+        "the relative chain must download /menus/rel.bin (and nothing else)\nserver log:\n{}",
+        server.log_since(mark)
+    );
+}
+
+#[test]
+fn namespace_dnsmasq_two_clients_static_by_ip() {
+    let Some(c) = Case::new(
+        "namespace_dnsmasq_two_clients_static_by_ip",
+        &[
+            Need::Qemu,
+            Need::IpxeRom,
+            Need::Dnsmasq,
+            Need::Ip,
+            Need::Root,
+        ],
+    ) else {
+        return;
+    };
+    let (ip_a, ip_b) = ("10.77.0.61", "10.77.0.62");
+    let (mac_a, mac_b) = ("52:54:00:e2:07:01", "52:54:00:e2:07:02");
+    let a = c.tree.marker_target("ns-a");
+    let b = c.tree.marker_target("ns-b");
+    let default = c.tree.marker_target("default");
+    c.tree.link("default", &default);
+    entry_link(&c.tree, &format!("static/{ip_a}"), &a);
+    entry_link(&c.tree, &format!("static/{ip_b}"), &b);
+
+    // Declared in start order, so dropped in reverse: VMs are done, then dnsmasq and the
+    // server stop, then the namespace goes.
+    let mut ns = Netns::create();
+    let tap_a = ns.add_tap();
+    let tap_b = ns.add_tap();
+    let server = Server::start(
+        ServerSpec::pxesrv(
+            c.tree.root(),
+            &[&format!("{BRIDGE_IP}:0")],
+            &c.dir.path().join("pxesrv.log"),
+        )
+        .in_netns(&ns),
+    );
+    let url = format!("{}{REDIRECT_WITH_MAC}", server.url_via(BRIDGE_IP));
+    let dnsmasq = Dnsmasq::start(&ns, &url, &[(mac_a, ip_a), (mac_b, ip_b)], c.dir.path());
+
+    let mark = server.mark();
+    let outs = boot_all(
+        &[
+            VmSpec::tap("ns-a", mac_a, ns.name(), &tap_a),
+            VmSpec::tap("ns-b", mac_b, ns.name(), &tap_b),
+        ],
+        c.dir.path(),
+    );
+    let dhcp_log = dnsmasq.log();
+    for (out, ip, marker, target) in [(&outs[0], ip_a, "ns-a", &a), (&outs[1], ip_b, "ns-b", &b)] {
+        assert_booted(
+            out,
+            &server,
+            mark,
+            &Who::Client(ip.into()),
+            &Expect::new(marker, "static-ip", &format!("static/{ip}"), target).client(ip),
+        );
+        // The address came from dnsmasq, which recognised iPXE by option 175.
+        assert!(
+            dnsmasq_acked_ipxe(&dhcp_log, ip, &out.mac),
+            "dnsmasq log has no DHCPACK of {ip} to {} tagged ipxe (option 175):\n{dhcp_log}",
+            out.mac
+        );
+    }
+}
+
+/// Whether dnsmasq's `--log-dhcp` output shows `ip` acknowledged to `mac` in a transaction
+/// whose tags include `ipxe` (`NNN tags: known, ipxe, br0` ... `NNN DHCPACK(br0) IP MAC`).
+fn dnsmasq_acked_ipxe(log: &str, ip: &str, mac: &str) -> bool {
+    let xid = |line: &str| line.split_whitespace().nth(4).map(String::from);
+    let ack = format!("DHCPACK(br0) {ip} {mac}");
+    log.lines()
+        .filter(|l| l.contains(&ack))
+        .filter_map(xid)
+        .any(|id| {
+            log.lines().any(|l| {
+                xid(l).as_deref() == Some(id.as_str())
+                    && l.split_once("tags:")
+                        .is_some_and(|(_, tags)| tags.split(',').any(|t| t.trim() == "ipxe"))
+            })
+        })
+}
+
+#[test]
+fn mac_bootstrap_without_mac_in_bootfile() {
+    let Some(c) = Case::new(
+        "mac_bootstrap_without_mac_in_bootfile",
+        &[Need::Qemu, Need::IpxeRom],
+    ) else {
+        return;
+    };
+    let by_mac = c.tree.marker_target("bootstrap-mac");
+    let default = c.tree.marker_target("default");
+    c.tree.link("default", &default);
+    let name = "52-54-00-e2-08-01";
+    entry_link(&c.tree, &format!("static/{name}"), &by_mac);
+    let server = c.server();
+
+    // The boot file says nothing about the MAC: only the server's bootstrap script can
+    // ask iPXE for it.
+    let mac = "52:54:00:e2:08:01";
+    let mark = server.mark();
+    let out = boot(&c.vm("bootstrap", mac, &server, "/redirect"), c.dir.path());
+    assert_booted(
+        &out,
+        &server,
+        mark,
+        &Who::Mac(mac.into()),
+        &Expect::new(
+            "bootstrap-mac",
+            "static-mac",
+            &format!("static/{name}"),
+            &by_mac,
+        ),
+    );
+}
+
+#[test]
+fn dangling_once_link_falls_through() {
+    let Some(c) = Case::new(
+        "dangling_once_link_falls_through",
+        &[Need::Qemu, Need::IpxeRom],
+    ) else {
+        return;
+    };
+    let stat = c.tree.marker_target("after-dangling");
+    let default = c.tree.marker_target("default");
+    c.tree.link("default", &default);
+    let name = "52-54-00-e2-09-01";
+    let once_entry = format!("once/{name}");
+    c.tree.link(&once_entry, "../targets/removed-image.ipxe");
+    entry_link(&c.tree, &format!("static/{name}"), &stat);
+    let server = c.server();
+
+    let mac = "52:54:00:e2:09:01";
+    let mark = server.mark();
+    let out = boot(
+        &c.vm("dangling", mac, &server, REDIRECT_WITH_MAC),
+        c.dir.path(),
+    );
+    assert_booted(
+        &out,
+        &server,
+        mark,
+        &Who::Mac(mac.into()),
+        &Expect::new(
+            "after-dangling",
+            "static-mac",
+            &format!("static/{name}"),
+            &stat,
+        ),
+    );
+    assert!(
+        c.tree.exists(&once_entry) && c.tree.names("once/.consumed").is_empty(),
+        "a dangling once link must stay unconsumed\ntree:\n{}",
+        c.tree.listing()
+    );
+}
