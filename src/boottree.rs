@@ -680,14 +680,25 @@ impl BootTree {
             }
             rel.push(seg.as_ref());
         }
-        let canon = fs::canonicalize(self.root.join(&rel)).ok()?;
-        let inside = canon.strip_prefix(&self.root).ok()?;
-        match inside.components().next() {
-            Some(Component::Normal(c)) if c == OsStr::new("once") || c == OsStr::new("static") => {
-                None
+        // Both the directory the path goes through and the file it finally reaches must be
+        // public: `peek -> static` must not expose static/NAME.
+        let public = |p: &Path| -> Option<PathBuf> {
+            let canon = fs::canonicalize(p).ok()?;
+            let inside = canon.strip_prefix(&self.root).ok()?;
+            match inside.components().next() {
+                Some(Component::Normal(c))
+                    if c == OsStr::new("once") || c == OsStr::new("static") =>
+                {
+                    None
+                }
+                _ => Some(canon),
             }
-            _ => Some(canon),
+        };
+        let full = self.root.join(&rel);
+        if let Some(parent) = full.parent().filter(|_| !rel.as_os_str().is_empty()) {
+            public(parent)?;
         }
+        public(&full)
     }
 }
 

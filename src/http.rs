@@ -22,6 +22,12 @@ use crate::identity::{normalize_ip, ClientId, MacAddr};
 use crate::process::{self, Argv};
 use crate::script;
 
+/// Longest request target accepted (as nginx's default large_client_header_buffers).
+const MAX_URL: usize = 8 << 10;
+/// Longest single header, and all headers together.
+const MAX_HEADER: usize = 8 << 10;
+const MAX_HEADERS_TOTAL: usize = 32 << 10;
+
 /// Scripts up to this size are read, rebased and answered from memory; larger answers stream.
 const SCRIPT_MAX: u64 = 1 << 20;
 
@@ -57,6 +63,12 @@ pub enum HttpError {
     Forbidden(IpAddr),
     #[error("not found")]
     NotFound,
+    #[error("request URL longer than {MAX_URL} bytes")]
+    UriTooLong,
+    #[error(
+        "request headers too large (at most {MAX_HEADER} bytes each, {MAX_HEADERS_TOTAL} in all)"
+    )]
+    HeadersTooLarge,
     #[error("method not allowed: use GET or HEAD")]
     Method,
 }
@@ -67,6 +79,8 @@ impl actix_web::ResponseError for HttpError {
             HttpError::BadRequest(_) => StatusCode::BAD_REQUEST,
             HttpError::Forbidden(_) => StatusCode::FORBIDDEN,
             HttpError::NotFound => StatusCode::NOT_FOUND,
+            HttpError::UriTooLong => StatusCode::URI_TOO_LONG,
+            HttpError::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             HttpError::Method => StatusCode::METHOD_NOT_ALLOWED,
         }
     }
@@ -83,6 +97,23 @@ impl actix_web::ResponseError for HttpError {
 
 async fn method_not_allowed() -> Result<HttpResponse, HttpError> {
     Err(HttpError::Method)
+}
+
+/// Refuses oversized requests before anything else looks at them.
+fn check_limits(req: &HttpRequest) -> Result<(), HttpError> {
+    let uri = req.uri();
+    if uri.path().len() + uri.query().map_or(0, str::len) > MAX_URL {
+        return Err(HttpError::UriTooLong);
+    }
+    let mut total = 0;
+    for (k, v) in req.headers() {
+        let n = k.as_str().len() + v.len();
+        total += n;
+        if n > MAX_HEADER || total > MAX_HEADERS_TOTAL {
+            return Err(HttpError::HeadersTooLarge);
+        }
+    }
+    Ok(())
 }
 
 fn in_any(nets: &[IpNet], ip: IpAddr) -> bool {
@@ -221,6 +252,7 @@ fn script_response(rule: &str, body: String) -> HttpResponse {
 
 async fn redirect(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, HttpError> {
     let start = Instant::now();
+    check_limits(&req)?;
     let cfg = &state.cfg;
     let ip = client_ip(&req, cfg)?;
     if !cfg.allow.is_empty() && !in_any(&cfg.allow, ip) {
@@ -444,6 +476,7 @@ async fn plain_file(
     if !matches!(*req.method(), Method::GET | Method::HEAD) {
         return Err(HttpError::Method);
     }
+    check_limits(&req)?;
     let ip = client_ip(&req, &state.cfg)?;
     if !state.cfg.allow.is_empty() && !in_any(&state.cfg.allow, ip) {
         warn!(client = %ip, path = %req.path(), "download refused: client not in --allow");
