@@ -13,7 +13,7 @@
 
 mod harness;
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use harness::check::{assert_booted, Expect, Who};
 use harness::netns::{Dnsmasq, Netns, BRIDGE_IP};
@@ -106,6 +106,7 @@ fn no_entry_boots_default() {
     assert_booted(
         &out,
         &server,
+        &c.tree,
         mark,
         &Who::Mac(mac.into()),
         &Expect::new("default", "default", "default", &default).client("127.0.0.1"),
@@ -141,6 +142,7 @@ fn static_by_mac_two_clients_two_targets() {
     assert_booted(
         &outs[0],
         &server,
+        &c.tree,
         mark,
         &Who::Mac(mac_a.into()),
         &Expect::new("mac-a", "static-mac", "static/52-54-00-e2-02-01", &a),
@@ -148,6 +150,7 @@ fn static_by_mac_two_clients_two_targets() {
     assert_booted(
         &outs[1],
         &server,
+        &c.tree,
         mark,
         &Who::Mac(mac_b.into()),
         &Expect::new("mac-b", "static-mac", "static/52:54:00:E2:02:02", &b),
@@ -177,6 +180,7 @@ fn static_by_ip() {
     assert_booted(
         &out,
         &server,
+        &c.tree,
         mark,
         &Who::Mac(mac.into()),
         &Expect::new("by-ip", "static-ip", "static/127.0.0.1", &by_ip).client("127.0.0.1"),
@@ -207,6 +211,7 @@ fn static_by_longest_subnet() {
     assert_booted(
         &out,
         &server,
+        &c.tree,
         mark,
         &Who::Mac(mac.into()),
         &Expect::new("subnet-24", "static-subnet", "static/127.0.0.0_24", &narrow)
@@ -240,6 +245,7 @@ fn once_boots_once_then_static_and_is_consumed() {
     assert_booted(
         &first,
         &server,
+        &c.tree,
         mark,
         &Who::Mac(mac.into()),
         &Expect::new("once", "once-mac", &once_entry, &once),
@@ -273,6 +279,7 @@ fn once_boots_once_then_static_and_is_consumed() {
     assert_booted(
         &second,
         &server,
+        &c.tree,
         mark,
         &Who::Mac(mac.into()),
         &Expect::new("static", "static-mac", &format!("static/{name}"), &stat),
@@ -316,6 +323,7 @@ fn script_in_subdirectory_chains_relative_file() {
     assert_booted(
         &out,
         &server,
+        &c.tree,
         mark,
         &Who::Mac(mac.into()),
         &Expect::new(
@@ -325,13 +333,8 @@ fn script_in_subdirectory_chains_relative_file() {
             "menus/pick.ipxe",
         ),
     );
-    let downloads: Vec<String> = server
-        .events_since(mark, "download")
-        .iter()
-        .filter_map(|e| e.get("path").map(String::from))
-        .collect();
     assert_eq!(
-        downloads,
+        server.downloads_since(mark),
         ["/menus/rel.bin"],
         "the relative chain must download /menus/rel.bin (and nothing else)\nserver log:\n{}",
         server.log_since(mark)
@@ -390,6 +393,7 @@ fn namespace_dnsmasq_two_clients_static_by_ip() {
         assert_booted(
             out,
             &server,
+            &c.tree,
             mark,
             &Who::Client(ip.into()),
             &Expect::new(marker, "static-ip", &format!("static/{ip}"), target).client(ip),
@@ -440,9 +444,21 @@ fn mac_bootstrap_without_mac_in_bootfile() {
     let mac = "52:54:00:e2:08:01";
     let mark = server.mark();
     let out = boot(&c.vm("bootstrap", mac, &server, "/redirect"), c.dir.path());
+    // First the MAC-less request, answered with the bootstrap script...
+    let bootstraps = server.wait_events(mark, Duration::from_secs(3), |e| {
+        e.get("rule") == Some("mac-bootstrap")
+    });
+    assert!(
+        bootstraps.len() == 1,
+        "want one mac-bootstrap answer, got {}\nserver log:\n{}",
+        bootstraps.len(),
+        server.log_since(mark)
+    );
+    // ... then the boot, by the MAC iPXE sent back.
     assert_booted(
         &out,
         &server,
+        &c.tree,
         mark,
         &Who::Mac(mac.into()),
         &Expect::new(
@@ -480,6 +496,7 @@ fn dangling_once_link_falls_through() {
     assert_booted(
         &out,
         &server,
+        &c.tree,
         mark,
         &Who::Mac(mac.into()),
         &Expect::new(
@@ -493,5 +510,16 @@ fn dangling_once_link_falls_through() {
         c.tree.exists(&once_entry) && c.tree.names("once/.consumed").is_empty(),
         "a dangling once link must stay unconsumed\ntree:\n{}",
         c.tree.listing()
+    );
+    // The operator learns why the once entry was passed over.
+    let warned = server.events_since(mark).into_iter().any(|e| {
+        e.level == "WARN"
+            && Who::Mac(mac.into()).matches(&e)
+            && e.get("entry") == Some(once_entry.as_str())
+    });
+    assert!(
+        warned,
+        "no WARN line about {once_entry} for this client\nserver log:\n{}",
+        server.log_since(mark)
     );
 }

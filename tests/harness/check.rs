@@ -7,6 +7,7 @@ use std::time::Duration;
 use super::marker::{marker, MARKER_EXIT, MARKER_PREFIX};
 use super::qemu::BootOutcome;
 use super::server::{LogEvent, Server};
+use super::tree::Tree;
 
 /// How a boot's `boot` log line is told apart from others on the same server.
 #[derive(Clone, Debug)]
@@ -18,16 +19,18 @@ pub enum Who {
 }
 
 impl Who {
-    fn matches(&self, ev: &LogEvent) -> bool {
+    /// Whether `ev` is about this client. The server logs MACs in their canonical form, so
+    /// that is what is compared: a log with another spelling does not match.
+    pub fn matches(&self, ev: &LogEvent) -> bool {
         match self {
-            Who::Mac(mac) => ev.get("mac").map(normal_mac) == Some(normal_mac(mac)),
+            Who::Mac(mac) => ev.get("mac") == Some(canonical_mac(mac).as_str()),
             Who::Client(ip) => ev.get("client") == Some(ip.as_str()),
         }
     }
 }
 
-/// `52:54:00:AB:00:01` -> `52-54-00-ab-00-01`.
-pub fn normal_mac(mac: &str) -> String {
+/// The canonical spelling of a MAC: `52:54:00:AB:00:01` -> `52-54-00-ab-00-01`.
+pub fn canonical_mac(mac: &str) -> String {
     mac.to_ascii_lowercase().replace([':', '.'], "-")
 }
 
@@ -78,6 +81,7 @@ pub fn markers_on(serial: &str) -> Vec<String> {
 pub fn assert_booted(
     boot: &BootOutcome,
     server: &Server,
+    tree: &Tree,
     mark: usize,
     who: &Who,
     exp: &Expect,
@@ -97,7 +101,9 @@ pub fn assert_booted(
         format!("markers on serial {seen:?} (want [{:?}])", exp.marker),
     ));
     // The line can trail the client's exit by a moment.
-    let events = server.wait_events(mark, "boot", Duration::from_secs(3), |e| who.matches(e));
+    let events = server.wait_events(mark, Duration::from_secs(3), |e| {
+        e.message == "boot" && who.matches(e)
+    });
     checks.push((
         events.len() == 1,
         format!("{} `boot` log lines for {who:?} (want 1)", events.len()),
@@ -129,13 +135,14 @@ pub fn assert_booted(
         ));
         return ev;
     }
-    panic!("{}", failure_report(boot, server, mark, &checks));
+    panic!("{}", failure_report(boot, server, tree, mark, &checks));
 }
 
 /// Everything about a boot, for a failure message.
 pub fn failure_report(
     boot: &BootOutcome,
     server: &Server,
+    tree: &Tree,
     mark: usize,
     checks: &[(bool, String)],
 ) -> String {
@@ -161,6 +168,11 @@ pub fn failure_report(
         "---- serial console ({}) ----\n{}\n",
         boot.serial_path.display(),
         printable(&boot.serial)
+    ));
+    out.push_str(&format!(
+        "---- boot tree {} now ----\n{}",
+        tree.root().display(),
+        tree.listing()
     ));
     out.push_str(&format!(
         "---- server log since this boot started (argv {:?}) ----\n{}\n",

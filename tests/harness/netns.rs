@@ -101,9 +101,18 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        // Processes inside must be gone first (their guards are dropped before this one when
-        // declared after it); deleting the namespace removes its links.
-        let _ = Command::new(tool("ip").unwrap_or_else(|e| panic!("{e}")))
+        let Ok(ip) = tool("ip") else { return };
+        // Whatever still runs inside was started by this test (its own guards normally
+        // stopped it already): kill it by pid, so the namespace and its links really go.
+        if let Ok(out) = Command::new(&ip)
+            .args(["netns", "pids", &self.name])
+            .output()
+        {
+            for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                let _ = Command::new("kill").args(["-KILL", pid]).status();
+            }
+        }
+        let _ = Command::new(&ip)
             .args(["netns", "del", &self.name])
             .status();
     }

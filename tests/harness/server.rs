@@ -111,8 +111,9 @@ impl Server {
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
             let addrs: Vec<SocketAddr> = server
-                .events_since(0, "listening")
+                .events_since(0)
                 .iter()
+                .filter(|e| e.message.starts_with("listening"))
                 .filter_map(|e| e.get("addr").and_then(|a| a.parse().ok()))
                 .collect();
             if addrs.len() >= want {
@@ -169,13 +170,29 @@ impl Server {
         lines[mark.min(lines.len())..].join("\n")
     }
 
-    /// The parsed log lines after `mark` whose message is `message` (`boot`, `download`...).
-    pub fn events_since(&self, mark: usize, message: &str) -> Vec<LogEvent> {
+    /// The parsed log lines after `mark`.
+    pub fn events_since(&self, mark: usize) -> Vec<LogEvent> {
         let lines = self.log.lines.lock().unwrap();
         lines[mark.min(lines.len())..]
             .iter()
             .map(|l| LogEvent::parse(l))
-            .filter(|e| e.message == message)
+            .collect()
+    }
+
+    /// The boot decisions after `mark`: lines whose message is exactly `boot`.
+    pub fn boots_since(&self, mark: usize) -> Vec<LogEvent> {
+        self.events_since(mark)
+            .into_iter()
+            .filter(|e| e.message == "boot")
+            .collect()
+    }
+
+    /// The `path=` of each plain download after `mark` (message exactly `download`).
+    pub fn downloads_since(&self, mark: usize) -> Vec<String> {
+        self.events_since(mark)
+            .into_iter()
+            .filter(|e| e.message == "download")
+            .filter_map(|e| e.get("path").map(String::from))
             .collect()
     }
 
@@ -184,17 +201,12 @@ impl Server {
     pub fn wait_events(
         &self,
         mark: usize,
-        message: &str,
         timeout: Duration,
         pred: impl Fn(&LogEvent) -> bool,
     ) -> Vec<LogEvent> {
         let deadline = Instant::now() + timeout;
         loop {
-            let found: Vec<LogEvent> = self
-                .events_since(mark, message)
-                .into_iter()
-                .filter(&pred)
-                .collect();
+            let found: Vec<LogEvent> = self.events_since(mark).into_iter().filter(&pred).collect();
             if !found.is_empty() || Instant::now() > deadline {
                 return found;
             }
@@ -265,9 +277,10 @@ pub fn strip_ansi(s: &str) -> String {
     out
 }
 
-/// One line of the server's tracing text log: `TIME LEVEL target: message k=v k="v w"`.
-/// The message is the first bare word (not `k=v`) after the level; fields are all `k=v`
-/// tokens, a later one winning (event fields follow span fields).
+/// One line of the server's tracing text log: `TIME LEVEL [target:] message k=v k="v w"`.
+/// The message is the text between the level (and any `module::path:` or `span{..}:` prefix)
+/// and the first `k=v` field; a later field of the same name wins (event fields follow span
+/// fields).
 #[derive(Clone, Debug, Default)]
 pub struct LogEvent {
     pub line: String,
@@ -285,26 +298,29 @@ impl LogEvent {
             line: line.to_string(),
             ..Default::default()
         };
-        let start = tokens
-            .iter()
-            .position(|t| LEVELS.contains(&t.as_str()))
-            .map(|i| {
+        let mut rest = match tokens.iter().position(|t| LEVELS.contains(&t.as_str())) {
+            Some(i) => {
                 ev.level = tokens[i].clone();
-                i + 1
-            })
-            .unwrap_or(0);
-        for tok in &tokens[start..] {
+                &tokens[i + 1..]
+            }
+            None => &tokens[..],
+        };
+        let is_prefix =
+            |t: &String| t.ends_with(':') && (t.contains("::") || t.contains(['{', '}']));
+        while rest.first().is_some_and(is_prefix) {
+            rest = &rest[1..];
+        }
+        let mut words = Vec::new();
+        for tok in rest {
             match split_field(tok) {
                 Some((k, v)) => {
                     ev.fields.insert(k, v);
                 }
-                // `module::path:` and `span{..}:` prefixes end with a colon.
-                None if ev.message.is_empty() && !tok.ends_with(':') => {
-                    ev.message = tok.clone();
-                }
+                None if ev.fields.is_empty() => words.push(tok.as_str()),
                 None => {}
             }
         }
+        ev.message = words.join(" ");
         ev
     }
 
@@ -368,26 +384,33 @@ mod tests {
     #[test]
     fn parses_tracing_text_lines() {
         let ev = LogEvent::parse(
-            "2026-11-22T13:00:00.123456Z  INFO pxesrv::http: boot client=10.77.0.55 \
+            "2026-11-22T13:00:00.123456Z  INFO boot client=10.77.0.55 \
              mac=52-54-00-12-34-01 rule=static-ip entry=static/10.77.0.55 \
-             target=targets/a.ipxe status=200",
+             target=targets/a.ipxe status=200 bytes=59 ms=0.4",
         );
         assert_eq!(ev.level, "INFO");
         assert_eq!(ev.message, "boot");
         assert_eq!(ev.get("rule"), Some("static-ip"));
         assert_eq!(ev.get("target"), Some("targets/a.ipxe"));
 
-        let ev = LogEvent::parse(
-            "\u{1b}[2m2026-11-22T13:00:00Z\u{1b}[0m \u{1b}[32m INFO\u{1b}[0m listening \
-             addr=127.0.0.1:4242 root=\"/tmp/a b\"",
-        );
-        let ev = LogEvent::parse(&strip_ansi(&ev.line));
-        assert_eq!(ev.message, "listening");
+        let ev = LogEvent::parse(&strip_ansi(
+            "\u{1b}[2m2026-11-22T13:00:00Z\u{1b}[0m \u{1b}[32m INFO\u{1b}[0m listening on \
+             http://127.0.0.1:4242/redirect addr=127.0.0.1:4242 root=\"/tmp/a b\"",
+        ));
+        assert_eq!(ev.message, "listening on http://127.0.0.1:4242/redirect");
         assert_eq!(ev.get("addr"), Some("127.0.0.1:4242"));
         assert_eq!(ev.get("root"), Some("/tmp/a b"));
 
-        let ev = LogEvent::parse("INFO request{method=GET}: pxesrv: download path=/x.bin");
+        let ev = LogEvent::parse(
+            "T  INFO boot: asking the client to come back with its MAC client=127.0.0.1 mac=-",
+        );
+        assert_eq!(
+            ev.message,
+            "boot: asking the client to come back with its MAC"
+        );
+
+        let ev = LogEvent::parse("T INFO pxesrv::http: request{method=GET}: download path=/x");
         assert_eq!(ev.message, "download");
-        assert_eq!(ev.get("path"), Some("/x.bin"));
+        assert_eq!(ev.get("path"), Some("/x"));
     }
 }
