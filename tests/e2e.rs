@@ -292,6 +292,111 @@ fn once_boots_once_then_static_and_is_consumed() {
 }
 
 #[test]
+fn once_by_ip_goes_to_exactly_one_of_two_simultaneous_boots() {
+    let Some(c) = Case::new(
+        "once_by_ip_goes_to_exactly_one_of_two_simultaneous_boots",
+        &[Need::Qemu, Need::IpxeRom],
+    ) else {
+        return;
+    };
+    // User networking: both VMs reach the server as 127.0.0.1, so both match once/127.0.0.1,
+    // and they ask for it at about the same moment. One boot may take it.
+    let once = c.tree.marker_target("once-ip");
+    let default = c.tree.marker_target("default");
+    c.tree.link("default", &default);
+    entry_link(&c.tree, "once/127.0.0.1", &once);
+    let server = c.server();
+
+    let macs = ["52:54:00:e2:0a:01", "52:54:00:e2:0a:02"];
+    let mark = server.mark();
+    let outs = boot_all(
+        &[
+            c.vm("race-1", macs[0], &server, REDIRECT_WITH_MAC),
+            c.vm("race-2", macs[1], &server, REDIRECT_WITH_MAC),
+        ],
+        c.dir.path(),
+    );
+    let got_once: Vec<&str> =
+        macs.iter()
+            .copied()
+            .filter(|mac| {
+                server.boots_since(mark).iter().any(|e| {
+                    Who::Mac(mac.to_string()).matches(e) && e.get("rule") == Some("once-ip")
+                })
+            })
+            .collect();
+    assert!(
+        got_once.len() == 1,
+        "want exactly one of {macs:?} booted by once/127.0.0.1, got {got_once:?}\n\
+         server log:\n{}\ntree:\n{}",
+        server.log_since(mark),
+        c.tree.listing()
+    );
+    for (out, mac) in outs.iter().zip(macs) {
+        let exp = if got_once == [mac] {
+            Expect::new("once-ip", "once-ip", "once/127.0.0.1", &once)
+        } else {
+            Expect::new("default", "default", "default", &default)
+        };
+        assert_booted(out, &server, &c.tree, mark, &Who::Mac(mac.into()), &exp);
+    }
+    assert_eq!(
+        c.tree.names("once/.consumed").len(),
+        1,
+        "one consumed record"
+    );
+}
+
+#[test]
+fn once_set_while_server_runs_is_booted_next() {
+    let Some(c) = Case::new(
+        "once_set_while_server_runs_is_booted_next",
+        &[Need::Qemu, Need::IpxeRom],
+    ) else {
+        return;
+    };
+    // The operator's workflow: the client normally boots its static entry; with the server
+    // running (and having answered it), `ln -s` schedules a one-time boot.
+    let stat = c.tree.marker_target("usual");
+    let once = c.tree.marker_target("one-time");
+    let name = "52-54-00-e2-0b-01";
+    entry_link(&c.tree, &format!("static/{name}"), &stat);
+    c.tree.link("default", &stat);
+    let server = c.server();
+    let mac = "52:54:00:e2:0b:01";
+    let vm = c.vm("usual", mac, &server, REDIRECT_WITH_MAC);
+
+    let mark = server.mark();
+    let out = boot(&vm, c.dir.path());
+    assert_booted(
+        &out,
+        &server,
+        &c.tree,
+        mark,
+        &Who::Mac(mac.into()),
+        &Expect::new("usual", "static-mac", &format!("static/{name}"), &stat),
+    );
+
+    entry_link(&c.tree, &format!("once/{name}"), &once);
+    let mark = server.mark();
+    let out = boot(
+        &VmSpec {
+            name: "one-time".into(),
+            ..vm
+        },
+        c.dir.path(),
+    );
+    assert_booted(
+        &out,
+        &server,
+        &c.tree,
+        mark,
+        &Who::Mac(mac.into()),
+        &Expect::new("one-time", "once-mac", &format!("once/{name}"), &once),
+    );
+}
+
+#[test]
 fn script_in_subdirectory_chains_relative_file() {
     let Some(c) = Case::new(
         "script_in_subdirectory_chains_relative_file",
