@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use harness::check::{assert_booted, Expect, Who};
 use harness::netns::{Dnsmasq, Netns, BRIDGE_IP};
-use harness::qemu::{boot, boot_all, VmSpec};
+use harness::qemu::{boot, boot_all, Net, VmSpec};
 use harness::server::{Server, ServerSpec};
 use harness::tree::Tree;
 use harness::{say, secs, Need};
@@ -571,6 +571,44 @@ fn mac_bootstrap_without_mac_in_bootfile() {
             "static-mac",
             &format!("static/{name}"),
             &by_mac,
+        ),
+    );
+}
+
+#[test]
+fn mac_bootstrap_names_the_nic_that_boots() {
+    let Some(c) = Case::new(
+        "mac_bootstrap_names_the_nic_that_boots",
+        &[Need::Qemu, Need::IpxeRom],
+    ) else {
+        return;
+    };
+    // A two-NIC machine whose first NIC gets no boot file: the firmware moves on and boots
+    // from the second. The bootstrap must report the second NIC's MAC, not net0's.
+    let by_second = c.tree.marker_target("second-nic");
+    let by_first = c.tree.marker_target("first-nic");
+    let default = c.tree.marker_target("default");
+    c.tree.link("default", &default);
+    let (first, second) = ("52:54:00:e2:0c:01", "52:54:00:e2:0c:02");
+    entry_link(&c.tree, "static/52-54-00-e2-0c-01", &by_first);
+    entry_link(&c.tree, "static/52-54-00-e2-0c-02", &by_second);
+    let server = c.server();
+
+    let mut vm = c.vm("second-nic", second, &server, "/redirect");
+    vm.first_nics.push((first.into(), Net::NoBoot));
+    let mark = server.mark();
+    let out = boot(&vm, c.dir.path());
+    assert_booted(
+        &out,
+        &server,
+        &c.tree,
+        mark,
+        &Who::Mac(second.into()),
+        &Expect::new(
+            "second-nic",
+            "static-mac",
+            "static/52-54-00-e2-0c-02",
+            &by_second,
         ),
     );
 }

@@ -16,6 +16,9 @@ pub enum Net {
     /// QEMU user networking: the built-in DHCP server hands out `bootfile`. The host's
     /// loopback is 10.0.2.2 to the guest, and the server sees every guest as 127.0.0.1.
     User { bootfile: String },
+    /// QEMU user networking with DHCP but no boot file and no way out (`restrict=on`): a NIC
+    /// the firmware tries and gives up on.
+    NoBoot,
     /// A tap device in a network namespace (created by [`super::netns::Netns::add_tap`]);
     /// QEMU runs inside that namespace and DHCP comes from whoever serves the bridge.
     Tap { netns: String, ifname: String },
@@ -28,6 +31,9 @@ pub struct VmSpec {
     /// `52:54:00:xx:xx:xx`.
     pub mac: String,
     pub net: Net,
+    /// NICs in front of the boot NIC, `(MAC, network)`: lower PCI slots, so the firmware
+    /// tries them first.
+    pub first_nics: Vec<(String, Net)>,
     pub timeout: Duration,
 }
 
@@ -39,6 +45,7 @@ impl VmSpec {
             net: Net::User {
                 bootfile: bootfile.into(),
             },
+            first_nics: Vec::new(),
             timeout: BOOT_TIMEOUT,
         }
     }
@@ -51,6 +58,7 @@ impl VmSpec {
                 netns: netns.into(),
                 ifname: ifname.into(),
             },
+            first_nics: Vec::new(),
             timeout: BOOT_TIMEOUT,
         }
     }
@@ -97,18 +105,21 @@ pub fn argv(spec: &VmSpec, serial: &Path) -> Vec<String> {
     // naming it with `romfile=` leaves SeaBIOS without a network boot entry (QEMU 7.2).
     ipxe_rom().unwrap_or_else(|e| panic!("{e}"));
     let mut argv = Vec::new();
-    if let Net::Tap { netns, .. } = &spec.net {
+    let nics: Vec<(&str, &Net)> = spec
+        .first_nics
+        .iter()
+        .map(|(mac, net)| (mac.as_str(), net))
+        .chain([(spec.mac.as_str(), &spec.net)])
+        .collect();
+    if let Some(netns) = nics.iter().find_map(|(_, net)| match net {
+        Net::Tap { netns, .. } => Some(netns),
+        _ => None,
+    }) {
         let ip = tool("ip").unwrap_or_else(|e| panic!("{e}"));
         argv.extend([ip.display().to_string(), "netns".into(), "exec".into()]);
         argv.push(netns.clone());
     }
     argv.push(qemu.display().to_string());
-    let netdev = match &spec.net {
-        Net::User { bootfile } => format!("user,id=n0,bootfile={}", opt(bootfile)),
-        Net::Tap { ifname, .. } => {
-            format!("tap,id=n0,ifname={},script=no,downscript=no", opt(ifname))
-        }
-    };
     argv.extend(
         [
             "-name",
@@ -125,10 +136,26 @@ pub fn argv(spec: &VmSpec, serial: &Path) -> Vec<String> {
             "-no-reboot",
             "-boot",
             "n,reboot-timeout=0",
-            "-netdev",
-            &netdev,
-            "-device",
-            &format!("virtio-net-pci,netdev=n0,mac={}", opt(&spec.mac)),
+        ]
+        .map(String::from),
+    );
+    for (i, (mac, net)) in nics.iter().enumerate() {
+        let netdev = match net {
+            Net::User { bootfile } => format!("user,id=n{i},bootfile={}", opt(bootfile)),
+            Net::NoBoot => format!("user,id=n{i},restrict=on"),
+            Net::Tap { ifname, .. } => {
+                format!("tap,id=n{i},ifname={},script=no,downscript=no", opt(ifname))
+            }
+        };
+        argv.extend([
+            "-netdev".into(),
+            netdev,
+            "-device".into(),
+            format!("virtio-net-pci,netdev=n{i},mac={}", opt(mac)),
+        ]);
+    }
+    argv.extend(
+        [
             "-serial",
             &format!("file:{}", serial.display()),
             "-device",
