@@ -35,6 +35,7 @@ const SCRIPT_MAX: u64 = 1 << 20;
 pub struct AppState {
     pub tree: Arc<BootTree>,
     pub cfg: Arc<ServerConfig>,
+    cache: AnswerCache,
 }
 
 impl AppState {
@@ -42,6 +43,7 @@ impl AppState {
         web::Data::new(AppState {
             tree,
             cfg: Arc::new(cfg),
+            cache: AnswerCache::default(),
         })
     }
 }
@@ -294,31 +296,51 @@ async fn redirect(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRe
 
     let tree = &state.tree;
     for cand in tree.candidates(&client) {
-        let resolved = match tree.resolve(&cand.entry) {
-            Ok(r) => r,
-            Err(e) => {
-                warn!(client = %ip, mac = %mac_text(mac), entry = %cand.entry, problem = %e,
-                      "boot: skipping broken entry");
-                continue;
+        let once = cand.rule.slot() == Some(Slot::Once);
+        let cached = if once {
+            None
+        } else {
+            state.cache.get(tree, &cand.entry)
+        };
+        let (res, target) = match cached {
+            Some(p) => (memory_response(cand.rule, &p), p.target),
+            None => {
+                let resolved = match tree.resolve(&cand.entry) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        warn!(client = %ip, mac = %mac_text(mac), entry = %cand.entry, problem = %e,
+                              "boot: skipping broken entry");
+                        continue;
+                    }
+                };
+                if once && !head {
+                    match tree.consume_once(&cand.entry) {
+                        Ok(Some(record)) => {
+                            info!(client = %ip, mac = %mac_text(mac), entry = %cand.entry,
+                                  target = %rel(tree, &resolved.path), record = %record.display(),
+                                  "audit: once entry consumed (move the record back to undo)");
+                        }
+                        Ok(None) => continue, // another request of this client took it
+                        Err(e) => {
+                            error!(client = %ip, mac = %mac_text(mac), entry = %cand.entry, problem = %e,
+                                   "boot: once entry cannot be consumed, so it is not served");
+                            continue;
+                        }
+                    }
+                }
+                let meta = resolved.meta.clone();
+                let target = rel(tree, &resolved.path);
+                match prepare(resolved, target.clone()) {
+                    Ok(p) => {
+                        if !once {
+                            state.cache.put(&cand.entry, &meta, &p);
+                        }
+                        (memory_response(cand.rule, &p), target)
+                    }
+                    Err(resolved) => (stream_response(&req, cand.rule, &target, resolved), target),
+                }
             }
         };
-        if cand.rule.slot() == Some(Slot::Once) && !head {
-            match tree.consume_once(&cand.entry) {
-                Ok(Some(record)) => {
-                    info!(client = %ip, mac = %mac_text(mac), entry = %cand.entry,
-                          target = %rel(tree, &resolved.path), record = %record.display(),
-                          "audit: once entry consumed (move the record back to undo)");
-                }
-                Ok(None) => continue, // another request of this client took it
-                Err(e) => {
-                    error!(client = %ip, mac = %mac_text(mac), entry = %cand.entry, problem = %e,
-                           "boot: once entry cannot be consumed, so it is not served");
-                    continue;
-                }
-            }
-        }
-        let target = rel(tree, &resolved.path);
-        let res = answer(&req, cand.rule, &target, resolved);
         let (status, bytes) = (res.status().as_u16(), content_length(&res));
         info!(client = %ip, mac = %mac_text(mac), rule = %cand.rule.as_str(), entry = %cand.entry,
               target = %target, status, bytes, ms = ms(start), "boot");
@@ -369,45 +391,137 @@ async fn run_hook(hook: &[String], client: &ClientId, state: &AppState) -> Resul
     }
 }
 
-/// The answer for a resolved entry: a script (rebased, from memory) or a streamed file.
-fn answer(req: &HttpRequest, rule: Rule, target: &str, mut resolved: Resolved) -> HttpResponse {
-    if resolved.meta.len() <= SCRIPT_MAX {
-        let mut body = Vec::with_capacity(resolved.meta.len() as usize);
-        if resolved.file.read_to_end(&mut body).is_ok() {
-            let body = match std::str::from_utf8(&body) {
-                Ok(text) if script::is_ipxe_script(&body) => {
-                    script::rebase(text, &base_dir(target))
-                        .into_owned()
-                        .into_bytes()
-                }
-                _ => body,
-            };
-            let mime = if script::is_ipxe_script(&body) {
-                "text/plain; charset=utf-8".to_string()
-            } else {
-                mime_of(&resolved.path)
-            };
-            return HttpResponse::Ok()
-                .content_type(mime)
-                .insert_header((header::CACHE_CONTROL, "no-store"))
-                .insert_header(("X-Pxesrv-Rule", rule.as_str()))
-                .insert_header(("X-Pxesrv-Target", target.to_string()))
-                .body(body);
-        }
+/// An answer small enough to be held in memory: a script (rebased) or a small file.
+#[derive(Clone)]
+struct Prepared {
+    target: String,
+    mime: String,
+    body: web::Bytes,
+}
+
+/// Reads a resolved entry into memory when it is small; `Err` gives it back for streaming.
+fn prepare(mut resolved: Resolved, target: String) -> Result<Prepared, Box<Resolved>> {
+    if resolved.meta.len() > SCRIPT_MAX {
+        return Err(Box::new(resolved));
     }
-    match NamedFile::from_file(resolved.file, &resolved.path) {
+    let mut body = Vec::with_capacity(resolved.meta.len() as usize);
+    if resolved.file.read_to_end(&mut body).is_err() {
+        return Err(Box::new(resolved));
+    }
+    let (body, mime) = match std::str::from_utf8(&body) {
+        Ok(text) if script::is_ipxe_script(&body) => (
+            script::rebase(text, &base_dir(&target))
+                .into_owned()
+                .into_bytes(),
+            "text/plain; charset=utf-8".to_string(),
+        ),
+        _ => (body, mime_of(&resolved.path)),
+    };
+    Ok(Prepared {
+        target,
+        mime,
+        body: body.into(),
+    })
+}
+
+fn memory_response(rule: Rule, p: &Prepared) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type(p.mime.as_str())
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .insert_header(("X-Pxesrv-Rule", rule.as_str()))
+        .insert_header(("X-Pxesrv-Target", header_text(&p.target)))
+        .body(p.body.clone())
+}
+
+fn stream_response(
+    req: &HttpRequest,
+    rule: Rule,
+    target: &str,
+    resolved: Box<Resolved>,
+) -> HttpResponse {
+    let Resolved { file, path, .. } = *resolved;
+    match NamedFile::from_file(file, &path) {
         Ok(f) => {
             let mut res = f.disable_content_disposition().into_response(req);
             res.headers_mut()
                 .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
             res.headers_mut().insert(
-                "x-pxesrv-rule".parse().unwrap(),
+                header::HeaderName::from_static("x-pxesrv-rule"),
                 HeaderValue::from_static(rule.as_str()),
             );
+            if let Ok(v) = HeaderValue::from_str(&header_text(target)) {
+                res.headers_mut()
+                    .insert(header::HeaderName::from_static("x-pxesrv-target"), v);
+            }
             res
         }
         Err(e) => HttpResponse::InternalServerError().body(format!("{e}\n")),
     }
+}
+
+/// Identity of a file's content as `stat` sees it: any change of link, file or mode shows.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct StatKey([i64; 7]);
+
+impl StatKey {
+    fn of(m: &std::fs::Metadata) -> Self {
+        use std::os::unix::fs::MetadataExt;
+        StatKey([
+            m.dev() as i64,
+            m.ino() as i64,
+            m.size() as i64,
+            m.mtime(),
+            m.mtime_nsec(),
+            m.ctime(),
+            m.ctime_nsec(),
+        ])
+    }
+
+    /// A file changed within the coarse clock's tick may change again without a new stamp;
+    /// only a stamp this old is proof of the content.
+    fn settled(m: &std::fs::Metadata) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        let changed = std::time::UNIX_EPOCH
+            + std::time::Duration::new(m.ctime().max(0) as u64, m.ctime_nsec().max(0) as u32);
+        std::time::SystemTime::now()
+            .duration_since(changed)
+            .is_ok_and(|age| age > std::time::Duration::from_millis(100))
+    }
+}
+
+/// Prepared answers of `default` and `static/` entries, each valid while one `stat` of the
+/// entry (following its links) shows the same file unchanged. Saves the link walk, the open
+/// and the read on every boot; a changed link or file is seen by the next request.
+#[derive(Default)]
+pub struct AnswerCache {
+    map: std::sync::RwLock<std::collections::HashMap<String, (StatKey, Prepared)>>,
+}
+
+impl AnswerCache {
+    fn get(&self, tree: &BootTree, entry: &str) -> Option<Prepared> {
+        let meta = std::fs::metadata(tree.root().join(entry)).ok()?;
+        let map = self.map.read().unwrap_or_else(|e| e.into_inner());
+        match map.get(entry) {
+            Some((key, p)) if *key == StatKey::of(&meta) => Some(p.clone()),
+            _ => None,
+        }
+    }
+
+    fn put(&self, entry: &str, meta: &std::fs::Metadata, p: &Prepared) {
+        if !StatKey::settled(meta) {
+            return;
+        }
+        let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
+        if map.len() > 100_000 {
+            map.clear();
+        }
+        map.insert(entry.to_string(), (StatKey::of(meta), p.clone()));
+    }
+}
+
+/// A path as a header value: non-ASCII and control characters percent-encoded.
+fn header_text(s: &str) -> String {
+    percent_encoding::utf8_percent_encode(s, percent_encoding::CONTROLS).to_string()
 }
 
 fn mime_of(path: &Path) -> String {

@@ -290,6 +290,53 @@ impl Drop for ReadOnly {
 }
 
 #[test]
+fn changed_scripts_and_links_are_seen_at_once() {
+    let t = Tree::new();
+    t.write("menus/ä b.ipxe", "#!ipxe\necho UMLAUT\n");
+    t.write("menus/other.ipxe", "#!ipxe\necho OTHER\n");
+    t.link("static/127.0.0.26", "../menus/ä b.ipxe");
+    let s = Server::start(t.path(), &[]);
+    let r = get("127.0.0.26", s.addr, "/redirect");
+    assert_eq!(
+        (r.status, r.text().as_str()),
+        (200, "#!ipxe\necho UMLAUT\n")
+    );
+    assert_eq!(r.header("x-pxesrv-target"), Some("menus/%C3%A4 b.ipxe"));
+    std::thread::sleep(Duration::from_millis(300)); // the answer is now cached
+    for _ in 0..3 {
+        assert_eq!(
+            get("127.0.0.26", s.addr, "/redirect").text(),
+            "#!ipxe\necho UMLAUT\n"
+        );
+    }
+    // Re-pointing the link, editing the file in place (same size) and replacing it: each is
+    // seen by the very next request.
+    t.link("static/127.0.0.26", "../menus/other.ipxe");
+    assert_eq!(
+        get("127.0.0.26", s.addr, "/redirect").text(),
+        "#!ipxe\necho OTHER\n"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    get("127.0.0.26", s.addr, "/redirect");
+    std::fs::write(t.path().join("menus/other.ipxe"), "#!ipxe\necho OTHR2\n").unwrap();
+    assert_eq!(
+        get("127.0.0.26", s.addr, "/redirect").text(),
+        "#!ipxe\necho OTHR2\n"
+    );
+    std::fs::write(t.path().join("menus/other.ipxe"), "#!ipxe\necho OTHR3\n").unwrap();
+    assert_eq!(
+        get("127.0.0.26", s.addr, "/redirect").text(),
+        "#!ipxe\necho OTHR3\n"
+    );
+    // A file that becomes unreadable is no longer served (root reads anything, so remove it).
+    std::fs::remove_file(t.path().join("menus/other.ipxe")).unwrap();
+    assert_eq!(
+        get("127.0.0.26", s.addr, "/redirect").text(),
+        "#!ipxe\necho DEFAULT\n"
+    );
+}
+
+#[test]
 fn relative_urls_in_scripts_resolve_beside_them() {
     let t = Tree::new();
     t.write("menus/sub/boot.ipxe", "#!ipxe\nkernel vmlinuz quiet\ninitrd initrd.img\nchain ../next.ipxe || chain http://x/abs\n");
