@@ -348,52 +348,44 @@ fn once_by_ip_goes_to_exactly_one_of_two_simultaneous_boots() {
 }
 
 #[test]
-fn once_set_while_server_runs_is_booted_next() {
+fn operator_changes_while_server_runs_take_effect_next_boot() {
     let Some(c) = Case::new(
-        "once_set_while_server_runs_is_booted_next",
+        "operator_changes_while_server_runs_take_effect_next_boot",
         &[Need::Qemu, Need::IpxeRom],
     ) else {
         return;
     };
-    // The operator's workflow: the client normally boots its static entry; with the server
-    // running (and having answered it), `ln -s` schedules a one-time boot.
-    let stat = c.tree.marker_target("usual");
-    let once = c.tree.marker_target("one-time");
+    // The operator's workflow, with the server running and having answered the client each
+    // time (so whatever it caches about the entry is warm): the client boots its static
+    // entry; `ln -s` schedules a one-time boot; then the static entry is re-pointed.
+    let usual = c.tree.marker_target("usual");
+    let one_time = c.tree.marker_target("one-time");
+    let new_usual = c.tree.marker_target("new-usual");
     let name = "52-54-00-e2-0b-01";
-    entry_link(&c.tree, &format!("static/{name}"), &stat);
-    c.tree.link("default", &stat);
+    let static_entry = format!("static/{name}");
+    entry_link(&c.tree, &static_entry, &usual);
+    c.tree.link("default", &usual);
     let server = c.server();
     let mac = "52:54:00:e2:0b:01";
-    let vm = c.vm("usual", mac, &server, REDIRECT_WITH_MAC);
+    let who = Who::Mac(mac.into());
+    let vm = |boot_name: &str| c.vm(boot_name, mac, &server, REDIRECT_WITH_MAC);
 
     let mark = server.mark();
-    let out = boot(&vm, c.dir.path());
-    assert_booted(
-        &out,
-        &server,
-        &c.tree,
-        mark,
-        &Who::Mac(mac.into()),
-        &Expect::new("usual", "static-mac", &format!("static/{name}"), &stat),
-    );
+    let out = boot(&vm("usual"), c.dir.path());
+    let exp = Expect::new("usual", "static-mac", &static_entry, &usual);
+    assert_booted(&out, &server, &c.tree, mark, &who, &exp);
 
-    entry_link(&c.tree, &format!("once/{name}"), &once);
+    entry_link(&c.tree, &format!("once/{name}"), &one_time);
     let mark = server.mark();
-    let out = boot(
-        &VmSpec {
-            name: "one-time".into(),
-            ..vm
-        },
-        c.dir.path(),
-    );
-    assert_booted(
-        &out,
-        &server,
-        &c.tree,
-        mark,
-        &Who::Mac(mac.into()),
-        &Expect::new("one-time", "once-mac", &format!("once/{name}"), &once),
-    );
+    let out = boot(&vm("one-time"), c.dir.path());
+    let exp = Expect::new("one-time", "once-mac", &format!("once/{name}"), &one_time);
+    assert_booted(&out, &server, &c.tree, mark, &who, &exp);
+
+    c.tree.relink(&static_entry, &format!("../{new_usual}"));
+    let mark = server.mark();
+    let out = boot(&vm("new-usual"), c.dir.path());
+    let exp = Expect::new("new-usual", "static-mac", &static_entry, &new_usual);
+    assert_booted(&out, &server, &c.tree, mark, &who, &exp);
 }
 
 #[test]

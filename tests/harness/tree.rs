@@ -46,6 +46,20 @@ impl Tree {
         self
     }
 
+    /// Re-points `rel` at `target` atomically (a new link renamed over the old one, as
+    /// `ln -s T .tmp && mv -T .tmp NAME` does): a reader sees the old or the new link, never none.
+    pub fn relink(&self, rel: &str, target: &str) -> &Self {
+        let path = self.path(rel);
+        let tmp = path.with_file_name(format!(
+            ".relink-{}",
+            path.file_name().unwrap().to_string_lossy()
+        ));
+        symlink(target, &tmp).unwrap_or_else(|e| panic!("ln -s {target} {}: {e}", tmp.display()));
+        fs::rename(&tmp, &path)
+            .unwrap_or_else(|e| panic!("mv -T {} {}: {e}", tmp.display(), path.display()));
+        self
+    }
+
     /// Writes the marker sector `markers/NAME.bin` and a boot script `targets/NAME.ipxe`
     /// that chains it by absolute path; returns the script's path relative to the root,
     /// which is what pxesrv logs as the boot's `target`.
