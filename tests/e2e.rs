@@ -438,6 +438,50 @@ fn script_in_subdirectory_chains_relative_file() {
     );
 }
 
+/// Disks for SAN boot over HTTP: see `Tree::marker_disk`.
+const DISK_SIZE: u64 = 64 << 20;
+
+#[test]
+fn sanboot_over_http_from_plain_files() {
+    let Some(c) = Case::new(
+        "sanboot_over_http_from_plain_files",
+        &[Need::Qemu, Need::IpxeRom],
+    ) else {
+        return;
+    };
+    // Diskless without iSCSI: iPXE reads a disk image from the plain files with HTTP range
+    // requests and boots its first sector.
+    c.tree
+        .marker_disk("disks/root.img", "http-disk", DISK_SIZE)
+        .file(
+            "targets/san.ipxe",
+            "#!ipxe\nsanboot /disks/root.img || echo pxesrv-e2e sanboot failed\n",
+        )
+        .link("default", "targets/san.ipxe");
+    let server = c.server();
+
+    let mac = "52:54:00:e2:0e:01";
+    let mark = server.mark();
+    let out = boot(
+        &c.vm("http-disk", mac, &server, REDIRECT_WITH_MAC),
+        c.dir.path(),
+    );
+    assert_booted(
+        &out,
+        &server,
+        &c.tree,
+        mark,
+        &Who::Mac(mac.into()),
+        &Expect::new("http-disk", "default", "default", "targets/san.ipxe"),
+    );
+    let downloads = server.downloads_since(mark);
+    assert!(
+        !downloads.is_empty() && downloads.iter().all(|p| p == "/disks/root.img"),
+        "the disk is read from /disks/root.img only, got {downloads:?}\nserver log:\n{}",
+        server.log_since(mark)
+    );
+}
+
 #[test]
 fn namespace_dnsmasq_two_clients_static_by_ip() {
     let Some(c) = Case::new(

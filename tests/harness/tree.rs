@@ -73,6 +73,19 @@ impl Tree {
         script
     }
 
+    /// A sparse disk image at `rel` whose first sector is the marker sector `name`, `size`
+    /// bytes long. iPXE's SAN boot guesses a 255x63 CHS geometry, so a disk under about
+    /// 8 MiB without a partition table fails to boot: use 64 MiB.
+    pub fn marker_disk(&self, rel: &str, name: &str, size: u64) -> &Self {
+        self.file(rel, marker::sector(name));
+        fs::OpenOptions::new()
+            .write(true)
+            .open(self.path(rel))
+            .and_then(|f| f.set_len(size))
+            .unwrap_or_else(|e| panic!("extend {rel} to {size} bytes: {e}"));
+        self
+    }
+
     /// Whether `rel` exists as a name (a dangling symlink counts).
     pub fn exists(&self, rel: &str) -> bool {
         fs::symlink_metadata(self.path(rel)).is_ok()
