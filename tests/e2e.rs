@@ -483,6 +483,43 @@ fn sanboot_over_http_from_plain_files() {
 }
 
 #[test]
+fn relative_sanboot_in_subdirectory_script() {
+    let Some(c) = Case::new(
+        "relative_sanboot_in_subdirectory_script",
+        &[Need::Qemu, Need::IpxeRom],
+    ) else {
+        return;
+    };
+    // As `chain rel.bin` in scenario 4, but with `sanboot disk.img`: iPXE resolves the SAN
+    // URI against the script's URI too, so answered at /redirect it would open /disk.img,
+    // the decoy, unless the server rebases it to /menus/disk.img.
+    c.tree
+        .marker_disk("menus/disk.img", "menus-disk", DISK_SIZE)
+        .marker_disk("disk.img", "root-decoy-disk", DISK_SIZE)
+        .file(
+            "menus/san.ipxe",
+            "#!ipxe\nsanboot disk.img || echo pxesrv-e2e sanboot failed\n",
+        )
+        .link("default", "menus/san.ipxe");
+    let server = c.server();
+
+    let mac = "52:54:00:e2:0f:01";
+    let mark = server.mark();
+    let out = boot(
+        &c.vm("relative-san", mac, &server, REDIRECT_WITH_MAC),
+        c.dir.path(),
+    );
+    assert_booted(
+        &out,
+        &server,
+        &c.tree,
+        mark,
+        &Who::Mac(mac.into()),
+        &Expect::new("menus-disk", "default", "default", "menus/san.ipxe"),
+    );
+}
+
+#[test]
 fn namespace_dnsmasq_two_clients_static_by_ip() {
     let Some(c) = Case::new(
         "namespace_dnsmasq_two_clients_static_by_ip",
