@@ -1,6 +1,7 @@
 //! End-to-end harness: real iPXE clients (QEMU, TCG) booting through the real `pxesrv`.
 //!
 //! Reusable pieces, each cleaning up after itself on drop (also when a test panics):
+//! - [`Case`]: one test's skip decision, temp directory, boot tree and timing;
 //! - [`tree::Tree`]: a boot tree in a temp dir, with marker targets ([`marker`]);
 //! - [`server::Server`]: `pxesrv` on that tree, its log parsed into events;
 //! - [`qemu::VmSpec`] / [`qemu::boot`]: one VM boot with a given MAC and network, serial
@@ -22,7 +23,15 @@ pub mod tree;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Condvar, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use qemu::VmSpec;
+use server::{Server, ServerSpec};
+use tree::Tree;
+
+/// The boot file iPXE clients are pointed at, as the deployment's DHCP server does: iPXE
+/// expands `${net0/mac}` in the boot file name.
+pub const REDIRECT_WITH_MAC: &str = "/redirect?mac=${net0/mac}";
 
 /// How to run the suite, for skip messages and failures.
 pub const HOW_TO_RUN: &str = "PXESRV_E2E=1 cargo test --test e2e";
@@ -170,4 +179,58 @@ pub fn workdir(test: &str) -> tempfile::TempDir {
         .prefix(&format!("pxesrv-e2e-{test}-"))
         .tempdir()
         .expect("create a temp dir for the test")
+}
+
+/// One test's directory, boot tree and timing.
+pub struct Case {
+    pub name: &'static str,
+    pub dir: tempfile::TempDir,
+    pub tree: Tree,
+    started: Instant,
+}
+
+impl Case {
+    /// `None` (after saying so loudly) unless `PXESRV_E2E=1`.
+    pub fn new(name: &'static str, needs: &[Need]) -> Option<Case> {
+        if !enabled(name, needs) {
+            return None;
+        }
+        let dir = workdir(name);
+        let tree = Tree::new(&dir.path().join("root"));
+        Some(Case {
+            name,
+            dir,
+            tree,
+            started: Instant::now(),
+        })
+    }
+
+    /// `pxesrv` on this case's tree, on the loopback (QEMU user networking reaches it).
+    pub fn server(&self) -> Server {
+        Server::start(ServerSpec::pxesrv(
+            self.tree.root(),
+            &["127.0.0.1:0"],
+            &self.dir.path().join("pxesrv.log"),
+        ))
+    }
+
+    /// A VM on QEMU user networking whose DHCP boot file is `path` on `server`.
+    pub fn vm(&self, name: &str, mac: &str, server: &Server, path: &str) -> VmSpec {
+        VmSpec::user(name, mac, &format!("{}{path}", server.url_via("10.0.2.2")))
+    }
+}
+
+impl Drop for Case {
+    fn drop(&mut self) {
+        say(&format!(
+            "test {} {} after {}",
+            self.name,
+            if std::thread::panicking() {
+                "FAILED"
+            } else {
+                "passed"
+            },
+            secs(self.started.elapsed())
+        ));
+    }
 }
