@@ -104,6 +104,25 @@ fn check_need(need: Need) -> Result<(), String> {
     }
 }
 
+/// A command for a long-running child (server, VM, dnsmasq) that dies with the thread that
+/// started it: `setpriv --pdeathsig KILL` (util-linux, always installed on Debian) sets the
+/// parent-death signal and execs `argv`, so the pid stays the child's. Drop guards stop
+/// children normally; this covers a test process that is itself killed (CI timeout).
+pub fn long_running(argv: &[impl AsRef<std::ffi::OsStr>]) -> std::process::Command {
+    match tool("setpriv") {
+        Ok(setpriv) => {
+            let mut cmd = std::process::Command::new(setpriv);
+            cmd.args(["--pdeathsig", "KILL", "--"]).args(argv);
+            cmd
+        }
+        Err(_) => {
+            let mut cmd = std::process::Command::new(argv[0].as_ref());
+            cmd.args(&argv[1..]);
+            cmd
+        }
+    }
+}
+
 /// The absolute path of `name`, looked up in `PATH` and the sbin directories (which a
 /// non-login root shell may lack).
 pub fn tool(name: &str) -> Result<PathBuf, String> {

@@ -91,11 +91,17 @@ impl Netns {
         tap
     }
 
-    /// A command that runs `program` inside the namespace.
+    /// A command that runs `program` inside the namespace, dying with the thread that
+    /// starts it (see [`super::long_running`]).
     pub fn command(&self, program: &Path) -> Command {
-        let mut cmd = Command::new(tool("ip").unwrap_or_else(|e| panic!("{e}")));
-        cmd.args(["netns", "exec", &self.name]).arg(program);
-        cmd
+        let ip = tool("ip").unwrap_or_else(|e| panic!("{e}"));
+        super::long_running(&[
+            ip.as_os_str(),
+            "netns".as_ref(),
+            "exec".as_ref(),
+            self.name.as_ref(),
+            program.as_os_str(),
+        ])
     }
 }
 

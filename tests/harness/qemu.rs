@@ -1,10 +1,10 @@
 //! One network boot of an iPXE client in QEMU (always TCG: under KVM this iPXE hangs).
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use super::{ipxe_rom, say, secs, tool, VM_SLOTS};
+use super::{ipxe_rom, long_running, say, secs, tool, VM_SLOTS};
 
 /// Time limit of one boot. A good boot takes about 5 s alone under TCG, a failed one ends
 /// after about 8 s (`-no-reboot`); this only stops a hung VM.
@@ -178,8 +178,7 @@ pub fn boot(spec: &VmSpec, dir: &Path) -> BootOutcome {
     let started = Instant::now();
     let stderr_path = dir.join(format!("{}.qemu-stderr", spec.name));
     let stderr = std::fs::File::create(&stderr_path).expect("create qemu stderr file");
-    let child = Command::new(&argv[0])
-        .args(&argv[1..])
+    let child = long_running(&argv)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(stderr)

@@ -5,7 +5,7 @@ use std::ffi::OsString;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -78,8 +78,7 @@ impl Server {
         }
         argv.extend(spec.extra_args.iter().cloned());
 
-        let mut cmd = Command::new(&argv[0]);
-        cmd.args(&argv[1..]);
+        let mut cmd = super::long_running(&argv);
         // Only the arguments configure the server: no PXESRV_* twin of a flag from the
         // caller's environment (PXESRV_LOG would send the log to a file), no log filter.
         for (key, _) in std::env::vars_os() {
