@@ -16,7 +16,7 @@
 //! 2. `static_by_mac_two_clients_two_targets`, `static_by_ip`, `static_by_longest_subnet`
 //! 3. `once_boots_once_then_static_and_is_consumed`
 //! 4. `script_in_subdirectory_chains_relative_file`
-//! 5. `namespace_dnsmasq_two_clients_static_by_ip`
+//! 5. `namespace_dnsmasq_clients_boot_by_their_real_addresses`
 //! 6. `mac_bootstrap_without_mac_in_bootfile`, `mac_bootstrap_names_the_nic_that_boots`
 //! 7. `dangling_once_link_falls_through`
 //! - `once_by_ip_goes_to_exactly_one_of_two_simultaneous_boots`,
@@ -475,9 +475,9 @@ fn relative_sanboot_in_subdirectory_script() {
 }
 
 #[test]
-fn namespace_dnsmasq_two_clients_static_by_ip() {
+fn namespace_dnsmasq_clients_boot_by_their_real_addresses() {
     let Some(c) = Case::new(
-        "namespace_dnsmasq_two_clients_static_by_ip",
+        "namespace_dnsmasq_clients_boot_by_their_real_addresses",
         &[
             Need::Qemu,
             Need::IpxeRom,
@@ -489,7 +489,11 @@ fn namespace_dnsmasq_two_clients_static_by_ip() {
         return;
     };
     let (ip_a, ip_b) = ("10.77.0.61", "10.77.0.62");
-    let (mac_a, mac_b) = ("52:54:00:e2:07:01", "52:54:00:e2:07:02");
+    let (mac_a, mac_b, mac_c) = (
+        "52:54:00:e2:07:01",
+        "52:54:00:e2:07:02",
+        "52:54:00:e2:07:03",
+    );
     let a = c.tree.marker_target("ns-a");
     let b = c.tree.marker_target("ns-b");
     let default = c.tree.marker_target("default");
@@ -502,6 +506,7 @@ fn namespace_dnsmasq_two_clients_static_by_ip() {
     let mut ns = Netns::create();
     let tap_a = ns.add_tap();
     let tap_b = ns.add_tap();
+    let tap_c = ns.add_tap();
     let server = Server::start(
         ServerSpec::pxesrv(
             c.tree.root(),
@@ -518,6 +523,8 @@ fn namespace_dnsmasq_two_clients_static_by_ip() {
         &[
             VmSpec::tap("ns-a", mac_a, ns.name(), &tap_a),
             VmSpec::tap("ns-b", mac_b, ns.name(), &tap_b),
+            // Not pinned: an address from the pool, for which there is no entry.
+            VmSpec::tap("ns-c", mac_c, ns.name(), &tap_c),
         ],
         c.dir.path(),
     );
@@ -538,6 +545,24 @@ fn namespace_dnsmasq_two_clients_static_by_ip() {
             out.mac
         );
     }
+    let ev = assert_booted(
+        &outs[2],
+        &server,
+        &c.tree,
+        mark,
+        &Who::Mac(mac_c.into()),
+        &Expect::new("default", "default", "default", &default),
+    );
+    let ip_c = ev.get("client").unwrap_or_default();
+    let in_pool = ip_c
+        .strip_prefix("10.77.0.")
+        .and_then(|host| host.parse::<u8>().ok())
+        .is_some_and(|host| (50..=90).contains(&host));
+    assert!(
+        in_pool && dnsmasq_acked_ipxe(&dhcp_log, ip_c, mac_c),
+        "the unpinned client booted as {ip_c}, not an address dnsmasq leased it from \
+         10.77.0.50-90:\n{dhcp_log}"
+    );
 }
 
 /// Whether dnsmasq's `--log-dhcp` output shows `ip` acknowledged to `mac` in a transaction

@@ -130,8 +130,14 @@ pub fn assert_booted(
     }
     if checks.iter().all(|(ok, _)| *ok) {
         super::say(&format!(
-            "boot {} booted {} via rule={} entry={} (qemu rc 33, marker on serial, boot line)",
-            boot.name, exp.target, exp.rule, exp.entry
+            "boot {} booted {} via rule={} entry={} client={} mac={} \
+             (qemu rc 33, marker on serial, boot line)",
+            boot.name,
+            exp.target,
+            exp.rule,
+            exp.entry,
+            ev.get("client").unwrap_or("?"),
+            ev.get("mac").unwrap_or("?"),
         ));
         return ev;
     }
