@@ -7,6 +7,9 @@
 //!
 //!     PXESRV_E2E=1 cargo test --test e2e
 //!
+//! `PXESRV_E2E_KEEP=1` keeps each test's directory (boot tree, consoles, server and dnsmasq
+//! logs) for a look afterwards.
+//!
 //! Most tests use QEMU user networking, where the guest reaches the host's loopback as
 //! 10.0.2.2 and the server sees every guest as 127.0.0.1; the MAC comes with the request.
 //! `namespace_dnsmasq_*` runs the deployment's network: dnsmasq in a private namespace.

@@ -192,12 +192,19 @@ pub fn secs(d: Duration) -> String {
     format!("{:.1} s", d.as_secs_f64())
 }
 
-/// A fresh directory for one test's files (tree, consoles, logs), removed on drop.
+/// A fresh directory for one test's files (tree, consoles, logs), removed on drop unless
+/// `PXESRV_E2E_KEEP=1` (then its path is printed, to look at after the run).
 pub fn workdir(test: &str) -> tempfile::TempDir {
-    tempfile::Builder::new()
+    let keep = std::env::var("PXESRV_E2E_KEEP").as_deref() == Ok("1");
+    let dir = tempfile::Builder::new()
         .prefix(&format!("pxesrv-e2e-{test}-"))
+        .disable_cleanup(keep)
         .tempdir()
-        .expect("create a temp dir for the test")
+        .expect("create a temp dir for the test");
+    if keep {
+        say(&format!("{test}: files kept in {}", dir.path().display()));
+    }
+    dir
 }
 
 /// One test's directory, boot tree and timing.
