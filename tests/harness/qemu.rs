@@ -19,6 +19,9 @@ pub enum Net {
     /// QEMU user networking with DHCP but no boot file and no way out (`restrict=on`): a NIC
     /// the firmware tries and gives up on.
     NoBoot,
+    /// Any other `-netdev` backend, written as QEMU takes it without the id (e.g.
+    /// `user,restrict=on,guestfwd=tcp:10.0.2.100:80-cmd:...,bootfile=http://10.0.2.100/x`).
+    Custom(String),
     /// A tap device in a network namespace (created by [`super::netns::Netns::add_tap`]);
     /// QEMU runs inside that namespace and DHCP comes from whoever serves the bridge.
     Tap { netns: String, ifname: String },
@@ -34,6 +37,8 @@ pub struct VmSpec {
     /// NICs in front of the boot NIC, `(MAC, network)`: lower PCI slots, so the firmware
     /// tries them first.
     pub first_nics: Vec<(String, Net)>,
+    /// More QEMU arguments (disks, memory: a later `-m` wins).
+    pub extra_args: Vec<String>,
     pub timeout: Duration,
 }
 
@@ -46,6 +51,7 @@ impl VmSpec {
                 bootfile: bootfile.into(),
             },
             first_nics: Vec::new(),
+            extra_args: Vec::new(),
             timeout: BOOT_TIMEOUT,
         }
     }
@@ -59,6 +65,7 @@ impl VmSpec {
                 ifname: ifname.into(),
             },
             first_nics: Vec::new(),
+            extra_args: Vec::new(),
             timeout: BOOT_TIMEOUT,
         }
     }
@@ -143,6 +150,13 @@ pub fn argv(spec: &VmSpec, serial: &Path) -> Vec<String> {
         let netdev = match net {
             Net::User { bootfile } => format!("user,id=n{i},bootfile={}", opt(bootfile)),
             Net::NoBoot => format!("user,id=n{i},restrict=on"),
+            Net::Custom(opts) => {
+                let (backend, rest) = opts.split_once(',').unwrap_or((opts, ""));
+                format!(
+                    "{backend},id=n{i}{}{rest}",
+                    if rest.is_empty() { "" } else { "," }
+                )
+            }
             Net::Tap { ifname, .. } => {
                 format!("tap,id=n{i},ifname={},script=no,downscript=no", opt(ifname))
             }
@@ -163,6 +177,7 @@ pub fn argv(spec: &VmSpec, serial: &Path) -> Vec<String> {
         ]
         .map(String::from),
     );
+    argv.extend(spec.extra_args.iter().cloned());
     argv
 }
 
