@@ -47,9 +47,9 @@ fn no_entry_boots_default() {
     let Some(c) = Case::new("no_entry_boots_default", &[Need::Qemu, Need::IpxeRom]) else {
         return;
     };
-    let default = c.tree.marker_target("default");
+    // `default` as a plain file this time (elsewhere it is a link).
+    c.tree.marker_script("default", "default");
     let other = c.tree.marker_target("other-client");
-    c.tree.link("default", &default);
     // Other clients have entries; this one has none.
     entry_link(&c.tree, "static/52-54-00-e2-01-99", &other);
     entry_link(&c.tree, "static/10.9.9.9", &other);
@@ -67,7 +67,7 @@ fn no_entry_boots_default() {
         &c.tree,
         mark,
         &Who::Mac(mac.into()),
-        &Expect::new("default", "default", "default", &default).client("127.0.0.1"),
+        &Expect::new("default", "default", "default", "default").client("127.0.0.1"),
     );
 }
 
@@ -151,12 +151,12 @@ fn static_by_longest_subnet() {
         return;
     };
     let wide = c.tree.marker_target("subnet-8");
-    let narrow = c.tree.marker_target("subnet-24");
     let elsewhere = c.tree.marker_target("subnet-elsewhere");
     let default = c.tree.marker_target("default");
     c.tree.link("default", &default);
     entry_link(&c.tree, "static/127.0.0.0_8", &wide);
-    entry_link(&c.tree, "static/127.0.0.0_24", &narrow);
+    // A static entry can be a plain file: then it is its own target.
+    c.tree.marker_script("static/127.0.0.0_24", "subnet-24");
     entry_link(&c.tree, "static/10.77.0.0_24", &elsewhere);
     let server = c.server();
 
@@ -172,8 +172,13 @@ fn static_by_longest_subnet() {
         &c.tree,
         mark,
         &Who::Mac(mac.into()),
-        &Expect::new("subnet-24", "static-subnet", "static/127.0.0.0_24", &narrow)
-            .client("127.0.0.1"),
+        &Expect::new(
+            "subnet-24",
+            "static-subnet",
+            "static/127.0.0.0_24",
+            "static/127.0.0.0_24",
+        )
+        .client("127.0.0.1"),
     );
 }
 

@@ -64,13 +64,19 @@ impl Tree {
     /// that chains it by absolute path; returns the script's path relative to the root,
     /// which is what pxesrv logs as the boot's `target`.
     pub fn marker_target(&self, name: &str) -> String {
-        self.file(&format!("markers/{name}.bin"), marker::sector(name));
         let script = format!("targets/{name}.ipxe");
-        self.file(
-            &script,
-            format!("#!ipxe\necho pxesrv-e2e target {name}\nchain /markers/{name}.bin\n"),
-        );
+        self.marker_script(&script, name);
         script
+    }
+
+    /// Writes the marker sector `markers/NAME.bin` and, as a plain file at `rel` (an entry
+    /// itself, such as `default` or `static/NAME`, or a target), a script chaining it.
+    pub fn marker_script(&self, rel: &str, name: &str) -> &Self {
+        self.file(&format!("markers/{name}.bin"), marker::sector(name));
+        self.file(
+            rel,
+            format!("#!ipxe\necho pxesrv-e2e target {name}\nchain /markers/{name}.bin\n"),
+        )
     }
 
     /// A sparse disk image at `rel` whose first sector is the marker sector `name`, `size`
