@@ -38,8 +38,8 @@ USER 65532:65532
 EXPOSE 4567/tcp
 VOLUME ["/srv/pxesrv"]
 STOPSIGNAL SIGTERM
-# Validates the boot tree (non-zero on a broken entry), through the binary
-# itself: the image has no shell and no curl.
+# Asks the running server for HEAD /redirect (no once entry consumed, no hook run),
+# through the binary itself: the image has no shell and no curl.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=5s --retries=3 \
-    CMD ["/usr/bin/pxesrv", "check"]
+    CMD ["/usr/bin/pxesrv", "healthcheck"]
 ENTRYPOINT ["/usr/bin/pxesrv"]

@@ -116,9 +116,9 @@ in_image() {
     env -i "${image_env[@]}" "${extra[@]}" chroot --userspec=65532:65532 "$ROOTFS" "$@"
 }
 if in_image -- /usr/bin/pxesrv check >/dev/null; then
-    pass "HEALTHCHECK command (pxesrv check) passes in the image"
+    pass "pxesrv check passes on the image's boot tree"
 else
-    fail "HEALTHCHECK command (pxesrv check) passes in the image"
+    fail "pxesrv check passes on the image's boot tree"
 fi
 # Not through in_image: $! must be the server itself (env and chroot exec it).
 env -i "${image_env[@]}" PXESRV_LISTEN="127.0.0.1:$PORT" \
@@ -136,6 +136,11 @@ else
     sed 's/^/  server: /' "$TMP/server.log"
     die "server from the image did not come up"
 fi
+if in_image PXESRV_LISTEN="127.0.0.1:$PORT" -- /usr/bin/pxesrv healthcheck >/dev/null; then
+    pass "HEALTHCHECK command (pxesrv healthcheck) passes against the running server"
+else
+    fail "HEALTHCHECK command (pxesrv healthcheck) passes against the running server"
+fi
 if curl -fsS "http://127.0.0.1:$PORT/redirect" -o "$TMP/redirect.out"; then
     check "GET /redirect answers the image's default script" cmp -s "$TMP/redirect.out" public/default
 else
@@ -152,6 +157,11 @@ if [ $stopped = yes ]; then
     wait "$SERVER_PID" || rc=$?
     SERVER_PID=
     check "SIGTERM: server exited with status $rc (want 0)" test "$rc" = 0
+    if in_image PXESRV_LISTEN="127.0.0.1:$PORT" -- /usr/bin/pxesrv healthcheck >/dev/null 2>&1; then
+        fail "HEALTHCHECK reports a stopped server as healthy"
+    else
+        pass "HEALTHCHECK fails once the server is stopped"
+    fi
 else
     fail "SIGTERM: server still running after 15 s"
 fi

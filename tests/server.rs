@@ -915,3 +915,29 @@ fn ipv6_clients_and_mapped_addresses() {
         "#!ipxe\necho V4\n"
     );
 }
+
+#[test]
+fn healthcheck_asks_the_running_server_and_consumes_nothing() {
+    let t = Tree::new();
+    t.write("menus/i.ipxe", "#!ipxe\n");
+    t.link("once/127.0.0.1", "../menus/i.ipxe");
+    let mut s = Server::start(t.path(), &[]);
+    let listen = format!("127.0.0.1:{}", s.port());
+    let (c, o, e) = admin(t.path(), &["healthcheck", "--listen", &listen]);
+    assert_eq!(
+        (c, o.as_str()),
+        (0, format!("ok: {listen} answers /redirect\n").as_str()),
+        "{e}"
+    );
+    assert!(t.exists("once/127.0.0.1"), "a healthcheck never consumes");
+    // A wildcard listen address is checked on loopback.
+    let (c, _, e) = admin(
+        t.path(),
+        &["healthcheck", "--listen", &format!("0.0.0.0:{}", s.port())],
+    );
+    assert_eq!(c, 0, "{e}");
+    assert_eq!(s.terminate(), Some(0));
+    let (c, _, e) = admin(t.path(), &["healthcheck", "--listen", &listen]);
+    assert_eq!(c, 1);
+    assert!(e.contains("is not healthy") && e.contains("refused"), "{e}");
+}
