@@ -367,6 +367,42 @@ fn main() {
         println!("nginx not installed: no comparison (apt-get install nginx-light)");
     }
 
+    // The same comparison with wrk (one source address, epoll-driven, so the load generator
+    // takes less of the two cores than the thread-per-connection clients above).
+    if Command::new("wrk").arg("--version").output().is_ok() {
+        let mut targets = vec![("pxesrv", format!("http://{addr}/redirect"))];
+        if ng_res.is_some() {
+            targets.push(("nginx", format!("http://{ng_addr}/default")));
+        }
+        let mut rates = Vec::new();
+        for (name, url) in targets {
+            let out = Command::new("wrk")
+                .args(["-t2", "-c64", "-d5s", "--latency", &url])
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&out.stdout);
+            let field = |key: &str| {
+                text.lines()
+                    .find(|l| l.trim_start().starts_with(key))
+                    .and_then(|l| l.split_whitespace().nth(1))
+                    .unwrap_or("?")
+                    .to_string()
+            };
+            let rps = field("Requests/sec:");
+            println!(
+                "wrk {name:<8} {rps:>9} req/s  p50 {}  p99 {}",
+                field("50%"),
+                field("99%")
+            );
+            rates.push(rps.parse::<f64>().unwrap_or(f64::NAN));
+        }
+        if rates.len() == 2 {
+            println!("wrk ratio pxesrv/nginx: {:.2}", rates[0] / rates[1]);
+        }
+    } else {
+        println!("wrk not installed: no wrk comparison (apt-get install wrk)");
+    }
+
     // 200 MB downloaded by 50 clients at once, with a /redirect probe running alongside.
     let big = root.join("files/big.img");
     {

@@ -25,6 +25,11 @@ pub enum AdminError {
     Problems(usize),
     #[error("cannot write output: {0}")]
     Output(#[from] std::io::Error),
+    #[error("server at {addr} is not healthy: {why}")]
+    Unhealthy {
+        addr: std::net::SocketAddr,
+        why: String,
+    },
 }
 
 pub fn set(
@@ -160,5 +165,52 @@ pub fn undo(tree: &BootTree, client: &str, out: &mut dyn Write) -> Result<(), Ad
             Ok(())
         }
         None => Err(AdminError::NothingToUndo(name.to_string())),
+    }
+}
+
+/// HEAD /redirect on the server's own listener: the health of the server, not of the tree.
+pub fn healthcheck(
+    listen: &[std::net::SocketAddr],
+    timeout: std::time::Duration,
+    out: &mut dyn Write,
+) -> Result<(), AdminError> {
+    use std::io::Read;
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
+    let first = listen.first().copied().unwrap_or(SocketAddr::new(
+        IpAddr::V4(Ipv4Addr::LOCALHOST),
+        crate::config::DEFAULT_PORT,
+    ));
+    let addr = match first.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => {
+            SocketAddr::new(Ipv4Addr::LOCALHOST.into(), first.port())
+        }
+        IpAddr::V6(ip) if ip.is_unspecified() => {
+            SocketAddr::new(Ipv6Addr::LOCALHOST.into(), first.port())
+        }
+        _ => first,
+    };
+    let unhealthy = |why: String| AdminError::Unhealthy { addr, why };
+    let mut conn =
+        TcpStream::connect_timeout(&addr, timeout).map_err(|e| unhealthy(e.to_string()))?;
+    conn.set_read_timeout(Some(timeout))
+        .map_err(|e| unhealthy(e.to_string()))?;
+    conn.write_all(b"HEAD /redirect HTTP/1.1\r\nHost: localhost\r\nUser-Agent: pxesrv-healthcheck\r\nConnection: close\r\n\r\n")
+        .map_err(|e| unhealthy(e.to_string()))?;
+    let mut head = Vec::new();
+    conn.take(4096)
+        .read_to_end(&mut head)
+        .map_err(|e| unhealthy(e.to_string()))?;
+    let status_line = String::from_utf8_lossy(&head)
+        .lines()
+        .next()
+        .unwrap_or("")
+        .to_string();
+    if status_line.split_whitespace().nth(1) == Some("200") {
+        writeln!(out, "ok: {addr} answers /redirect")?;
+        Ok(())
+    } else {
+        Err(unhealthy(format!(
+            "HEAD /redirect answered {status_line:?}"
+        )))
     }
 }

@@ -41,11 +41,11 @@ pub struct Cli {
 pub struct ServeArgs {
     /// Address to listen on (repeatable or comma-separated); a bare port or IP is completed
     /// with the default. Default: 0.0.0.0:4567 and [::]:4567.
-    #[arg(long, env = "PXESRV_LISTEN", value_delimiter = ',')]
+    #[arg(long, env = "PXESRV_LISTEN", value_delimiter = ',', global = true)]
     pub listen: Vec<String>,
 
     /// Port for the default listen addresses (as in the Ruby PXESrv).
-    #[arg(long, short = 'p', env = "PXESRV_PORT")]
+    #[arg(long, short = 'p', env = "PXESRV_PORT", global = true)]
     pub port: Option<u16>,
 
     /// Log file, rotated daily (FILE.YYYY-MM-DD). Default: stderr.
@@ -142,6 +142,13 @@ pub enum Command {
     History,
     /// Put a client's most recently consumed once link back.
     Undo { client: String },
+    /// Ask the running server (the first --listen address, loopback for a wildcard) for
+    /// HEAD /redirect; exit 0 on 200. Consumes nothing and runs no boot hook.
+    Healthcheck {
+        /// Seconds to wait for the answer.
+        #[arg(long, default_value_t = 3)]
+        timeout: u64,
+    },
 }
 
 /// The validated server configuration.

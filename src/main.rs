@@ -1,4 +1,5 @@
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
@@ -23,20 +24,24 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         let _guard = logging::init(cfg.log.as_deref(), &cfg.log_level)?;
         return server::run(cfg).context("pxesrv server");
     };
-    let tree = BootTree::open(&cli.root)?;
     let out = &mut std::io::stdout().lock();
+    let tree = || BootTree::open(&cli.root);
     match command {
         Command::Set {
             slot,
             client,
             target,
-        } => admin::set(&tree, slot, &client, &target, out),
-        Command::Clear { slot, client } => admin::clear(&tree, slot, &client, out),
-        Command::List { json } => admin::list(&tree, json, out),
-        Command::Check => admin::check(&tree, out),
-        Command::Show { ip, mac } => admin::show(&tree, ip, mac.as_deref(), out),
-        Command::History => admin::history(&tree, out),
-        Command::Undo { client } => admin::undo(&tree, &client, out),
+        } => admin::set(&tree()?, slot, &client, &target, out),
+        Command::Clear { slot, client } => admin::clear(&tree()?, slot, &client, out),
+        Command::List { json } => admin::list(&tree()?, json, out),
+        Command::Check => admin::check(&tree()?, out),
+        Command::Show { ip, mac } => admin::show(&tree()?, ip, mac.as_deref(), out),
+        Command::History => admin::history(&tree()?, out),
+        Command::Undo { client } => admin::undo(&tree()?, &client, out),
+        Command::Healthcheck { timeout } => {
+            let cfg = ServerConfig::from_args(cli.root.clone(), cli.serve)?;
+            admin::healthcheck(&cfg.listen, Duration::from_secs(timeout), out)
+        }
     }?;
     Ok(())
 }

@@ -3,7 +3,6 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
 use common::*;
@@ -126,23 +125,7 @@ fn once_exactly_once_under_64_concurrent_requests() {
     let s = Server::start(t.path(), &[]);
     for round in 0..15 {
         t.link("once/127.0.0.4", "../menus/install.ipxe");
-        let barrier = Arc::new(Barrier::new(64));
-        let handles: Vec<_> = (0..64)
-            .map(|_| {
-                let b = barrier.clone();
-                let addr = s.addr;
-                std::thread::spawn(move || {
-                    let mut c = connect_from("127.0.0.4".parse().unwrap(), addr).unwrap();
-                    b.wait();
-                    c.write_all(b"GET /redirect HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-                        .unwrap();
-                    let mut buf = Vec::new();
-                    c.read_to_end(&mut buf).unwrap();
-                    parse_response(&buf, false).unwrap()
-                })
-            })
-            .collect();
-        let responses: Vec<Response> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        let responses = race("127.0.0.4", &[s.addr], 64);
         assert!(
             responses.iter().all(|r| r.status == 200),
             "round {round}: non-200"
@@ -169,23 +152,7 @@ fn once_exactly_once_across_two_processes() {
     let s2 = Server::start(t.path(), &[]);
     for round in 0..25 {
         t.link("once/127.0.0.5", "../menus/install.ipxe");
-        let barrier = Arc::new(Barrier::new(32));
-        let handles: Vec<_> = (0..32)
-            .map(|i| {
-                let b = barrier.clone();
-                let addr = if i % 2 == 0 { s1.addr } else { s2.addr };
-                std::thread::spawn(move || {
-                    let mut c = connect_from("127.0.0.5".parse().unwrap(), addr).unwrap();
-                    b.wait();
-                    c.write_all(b"GET /redirect HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-                        .unwrap();
-                    let mut buf = Vec::new();
-                    c.read_to_end(&mut buf).unwrap();
-                    parse_response(&buf, false).unwrap()
-                })
-            })
-            .collect();
-        let responses: Vec<Response> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        let responses = race("127.0.0.5", &[s1.addr, s2.addr], 32);
         assert!(responses.iter().all(|r| r.status == 200), "round {round}");
         let once = responses
             .iter()
@@ -947,4 +914,30 @@ fn ipv6_clients_and_mapped_addresses() {
         get("127.0.0.25", s.addr, "/redirect").text(),
         "#!ipxe\necho V4\n"
     );
+}
+
+#[test]
+fn healthcheck_asks_the_running_server_and_consumes_nothing() {
+    let t = Tree::new();
+    t.write("menus/i.ipxe", "#!ipxe\n");
+    t.link("once/127.0.0.1", "../menus/i.ipxe");
+    let mut s = Server::start(t.path(), &[]);
+    let listen = format!("127.0.0.1:{}", s.port());
+    let (c, o, e) = admin(t.path(), &["healthcheck", "--listen", &listen]);
+    assert_eq!(
+        (c, o.as_str()),
+        (0, format!("ok: {listen} answers /redirect\n").as_str()),
+        "{e}"
+    );
+    assert!(t.exists("once/127.0.0.1"), "a healthcheck never consumes");
+    // A wildcard listen address is checked on loopback.
+    let (c, _, e) = admin(
+        t.path(),
+        &["healthcheck", "--listen", &format!("0.0.0.0:{}", s.port())],
+    );
+    assert_eq!(c, 0, "{e}");
+    assert_eq!(s.terminate(), Some(0));
+    let (c, _, e) = admin(t.path(), &["healthcheck", "--listen", &listen]);
+    assert_eq!(c, 1);
+    assert!(e.contains("is not healthy") && e.contains("refused"), "{e}");
 }

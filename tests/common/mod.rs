@@ -273,3 +273,26 @@ pub fn admin(root: &Path, args: &[&str]) -> (i32, String, String) {
 pub fn tmp_path(dir: &Path, name: &str) -> PathBuf {
     dir.join(name)
 }
+
+/// `n` requests for `/redirect` from one client at the same moment, spread over `servers`
+/// (one connection each, released together by a barrier). Returns every response.
+pub fn race(from: &str, servers: &[SocketAddr], n: usize) -> Vec<Response> {
+    let barrier = Arc::new(std::sync::Barrier::new(n));
+    let handles: Vec<_> = (0..n)
+        .map(|i| {
+            let b = barrier.clone();
+            let addr = servers[i % servers.len()];
+            let from: IpAddr = from.parse().unwrap();
+            std::thread::spawn(move || {
+                let mut c = connect_from(from, addr).unwrap();
+                b.wait();
+                c.write_all(b"GET /redirect HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                    .unwrap();
+                let mut buf = Vec::new();
+                c.read_to_end(&mut buf).unwrap();
+                parse_response(&buf, false).unwrap()
+            })
+        })
+        .collect();
+    handles.into_iter().map(|h| h.join().unwrap()).collect()
+}
