@@ -2,7 +2,8 @@
 //! device-mapper nor configfs): a Debian kernel and a busybox initramfs carrying lvm and the
 //! pxesrv-storage binary under test. The guest's init (tests/storage_vm/init) registers a
 //! golden LV, attaches clients (classic snapshots, LIO targets written through configfs),
-//! checks dry run, kill-and-rerun, rollback, reset, detach and restore, then keeps serving.
+//! checks dry run, kill-and-rerun, rollback, reset, detach, and restore after a simulated
+//! reboot (targets gone, volume group deactivated), then keeps serving.
 //! From the host, a real initiator (qemu-io) logs in through a port forward, and an iPXE
 //! client VM sanboots client A's snapshot with the boot script the guest wrote, served by
 //! the real pxesrv.
@@ -156,6 +157,9 @@ fn lvm_snapshots_exported_by_lio_in_a_guest() {
         "reset-d",
         "detach-c",
         "restore-idempotent",
+        "reboot-simulated",
+        "restore-after-reboot",
+        "restore-idempotent-after-reboot",
         "image-in-use",
     ] {
         assert!(

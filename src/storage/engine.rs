@@ -740,17 +740,10 @@ impl Engine {
         if failures.is_empty() {
             Ok(changes)
         } else {
-            Err(StorageError::Step {
-                step: "restore",
-                cause: Box::new(StorageError::Parse {
-                    command: "restore".into(),
-                    detail: format!(
-                        "{} of {} clients could not be restored: {}",
-                        failures.len(),
-                        st.clients.len(),
-                        failures.join("; ")
-                    ),
-                }),
+            Err(StorageError::Restore {
+                failed: failures.len(),
+                total: st.clients.len(),
+                details: failures.join("; "),
             })
         }
     }

@@ -205,7 +205,7 @@ impl Lvm {
             Some(info) if !info.is_active() => {
                 ex.run(
                     &Argv::new("lvchange")
-                        .args(["-ay", "-K", "--"])
+                        .args(["-y", "-ay", "-K", "--"])
                         .arg(format!("{}/{lv}", self.vg)),
                 )?;
                 Ok(true)
@@ -274,6 +274,27 @@ mod tests {
         );
         let info = lvm.find(&ex, &"golden".parse().unwrap()).unwrap().unwrap();
         assert_eq!(info.used(), 1 << 27);
+    }
+
+    #[test]
+    fn activate_only_inactive_snapshots_without_a_prompt() {
+        let out = report(
+            r#"{"lv_name":"pxc-52-54-00-aa-bb-01","lv_attr":"swi---s---","lv_size":"16777216","pool_lv":"","origin":"golden","data_percent":""},
+               {"lv_name":"pxc-52-54-00-aa-bb-02","lv_attr":"swi-a-s---","lv_size":"16777216","pool_lv":"","origin":"golden","data_percent":"0.00"}"#,
+        );
+        let ex = Exec::fake(&[(LVS, Ok(&out))]);
+        let lvm = Lvm::new("vg0".parse().unwrap(), None);
+        assert!(lvm
+            .activate(&ex, &lvm.disk_for(&"52:54:00:aa:bb:01".parse().unwrap()))
+            .unwrap());
+        assert!(!lvm
+            .activate(&ex, &lvm.disk_for(&"52:54:00:aa:bb:02".parse().unwrap()))
+            .unwrap());
+        // -y: a classic snapshot's activation also activates its origin, and lvchange asks.
+        assert_eq!(
+            ex.action_lines(),
+            vec!["lvchange -y -ay -K -- vg0/pxc-52-54-00-aa-bb-01"]
+        );
     }
 
     #[test]

@@ -109,6 +109,12 @@ pub enum StorageError {
     BadFaultSpec(String),
     #[error("fault injected by PXESRV_STORAGE_FAULT=fail:{0}")]
     FaultInjected(&'static str),
+    #[error("{failed} of {total} clients could not be restored (the others were): {details}")]
+    Restore {
+        failed: usize,
+        total: usize,
+        details: String,
+    },
     #[error("the previous run was interrupted and its cleanup failed: {0}")]
     Recovery(Box<StorageError>),
 }
