@@ -1,7 +1,8 @@
 //! The LVM and LIO backends for real, inside a QEMU TCG guest (this host kernel has neither
 //! device-mapper nor configfs): a Debian kernel and a busybox initramfs carrying lvm and the
 //! pxesrv-storage binary under test. The guest's init (tests/storage_vm/init) registers a
-//! golden LV, attaches clients (classic snapshots, LIO targets written through configfs),
+//! golden LV, attaches clients (classic snapshots, and thin snapshots of a golden LV in a
+//! thin pool; LIO targets written through configfs),
 //! checks dry run, kill-and-rerun, rollback, reset, detach, and restore after a simulated
 //! reboot (targets gone, volume group deactivated), then keeps serving.
 //! From the host, a real initiator (qemu-io) logs in through a port forward, and an iPXE
@@ -156,6 +157,9 @@ fn lvm_snapshots_exported_by_lio_in_a_guest() {
         "golden-untouched",
         "reset-d",
         "detach-c",
+        "thin-dry-run",
+        "thin-snapshot",
+        "thin-isolated",
         "restore-idempotent",
         "reboot-simulated",
         "restore-after-reboot",

@@ -21,7 +21,7 @@ trap 'rm -rf "$R"' EXIT
 mkdir -p "$R"/{bin,sbin,usr/sbin,usr/bin,etc/lvm,proc,sys,dev,run/lvm,tmp,lib/modules/$KVER,lib64,lib/x86_64-linux-gnu}
 cp /bin/busybox "$R/bin/busybox"
 MODS=$(python3 "$HERE/modclosure.py" "$KROOT/lib/modules/$KVER" \
-    virtio_pci virtio_net virtio_blk crc32c_generic dm_mod dm_snapshot configfs target_core_mod target_core_iblock target_core_file iscsi_target_mod)
+    virtio_pci virtio_net virtio_blk crc32c_generic dm_mod dm_snapshot dm_thin_pool configfs target_core_mod target_core_iblock target_core_file iscsi_target_mod)
 for m in $MODS; do
   mkdir -p "$R/lib/modules/$KVER/$(dirname "$m")"; cp "$KROOT/lib/modules/$KVER/$m" "$R/lib/modules/$KVER/$m"; echo "$KVER/$m" >> "$R/modules.e2e"
 done
@@ -33,7 +33,7 @@ copy_with_libs /usr/sbin/lvm /usr/sbin/lvm
 copy_with_libs /usr/sbin/dmsetup /usr/sbin/dmsetup
 for t in lvs vgs lvcreate lvremove lvchange pvcreate vgcreate; do ln -s lvm "$R/usr/sbin/$t"; done
 copy_with_libs "$BIN" /usr/bin/pxesrv-storage
-printf 'global { use_lvmetad = 0 }\nactivation { udev_sync = 0\n udev_rules = 0\n monitoring = 0 }\ndevices { obtain_device_list_from_udev = 0 }\n' > "$R/etc/lvm/lvm.conf"
+printf 'global { use_lvmetad = 0\n thin_check_executable = ""\n thin_repair_executable = "" }\nactivation { udev_sync = 0\n udev_rules = 0\n monitoring = 0 }\ndevices { obtain_device_list_from_udev = 0 }\n' > "$R/etc/lvm/lvm.conf"
 cp "$HERE/init" "$R/init"; chmod +x "$R/init"
 cp "$CACHE"/*.bin "$R/" 2>/dev/null || true
 (cd "$R" && find . | busybox cpio -o -H newc 2>/dev/null | gzip -1) > "$OUT"
