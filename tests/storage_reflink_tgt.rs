@@ -653,3 +653,50 @@ fn chap_is_required_when_asked_for() {
         "account removed"
     );
 }
+
+#[test]
+fn concurrent_invocations_are_serialised() {
+    if !require("concurrent_invocations_are_serialised", TOOLS) {
+        return;
+    }
+    let w = World::new(FsKind::Xfs);
+    w.add_golden();
+    let macs: Vec<String> = (0..12).map(|i| format!("52-54-00-cc-00-{i:02x}")).collect();
+    // Twelve attaches at once: each needs a free tid, a state update and a boot entry.
+    let children: Vec<_> = macs
+        .iter()
+        .map(|m| {
+            w.s.cmd()
+                .args(["client", "attach", m, "--image", "golden"])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for c in children {
+        let out = c.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let refs: Vec<&str> = macs.iter().map(String::as_str).collect();
+    w.assert_only(&refs);
+    // And twelve detaches at once.
+    let children: Vec<_> = macs
+        .iter()
+        .map(|m| {
+            w.s.cmd()
+                .args(["client", "detach", m])
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for mut c in children {
+        assert!(c.wait().unwrap().success());
+    }
+    w.assert_only(&[]);
+}
