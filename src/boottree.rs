@@ -487,7 +487,16 @@ impl BootTree {
         let stamp = humantime::format_rfc3339_micros(SystemTime::now()).to_string();
         let record = consumed_dir.join(format!("{stamp}_{file_name}"));
         match fs::rename(once_dir.join(file_name), &record) {
-            Ok(()) => Ok(Some(record)),
+            Ok(()) => {
+                // The claim is made. The record sits one directory deeper than the entry did:
+                // re-point a relative link so the record still leads to its target.
+                if let Ok(text) = fs::read_link(&record) {
+                    if text.is_relative() {
+                        let _ = replace_link(&record, &Path::new("..").join(text));
+                    }
+                }
+                Ok(Some(record))
+            }
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(io_err("consume", &once_dir.join(file_name))(e)),
         }
@@ -507,7 +516,7 @@ impl BootTree {
                 Some(ConsumedRecord {
                     time: time.to_string(),
                     name: name.to_string(),
-                    target: fs::read_link(e.path()).ok(),
+                    target: fs::read_link(e.path()).ok().map(|t| entry_link_text(&t)),
                     path: e.path(),
                 })
             })
@@ -533,6 +542,9 @@ impl BootTree {
                 path: dest,
                 source: io::Error::new(io::ErrorKind::AlreadyExists, "a once entry is set"),
             });
+        }
+        if let Some(text) = &record.target {
+            replace_link(&record.path, text).map_err(io_err("restore", &record.path))?;
         }
         fs::rename(&record.path, &dest).map_err(io_err("restore", &record.path))?;
         Ok(Some(record))
@@ -712,6 +724,29 @@ pub struct ConsumedRecord {
 }
 
 const ELOOP: i32 = 40;
+
+/// The link text a consumed record had as an entry of `once/` (records are one level deeper).
+fn entry_link_text(record_text: &Path) -> PathBuf {
+    match record_text.strip_prefix("..") {
+        Ok(rest) if record_text.is_relative() => rest.to_owned(),
+        _ => record_text.to_owned(),
+    }
+}
+
+/// Atomically replaces the symlink `path` with one whose text is `text`.
+fn replace_link(path: &Path, text: &Path) -> io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = dir.join(format!(
+        ".tmp-relink-{}-{}",
+        std::process::id(),
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("x")
+    ));
+    let _ = fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(text, &tmp)?;
+    fs::rename(&tmp, path).inspect_err(|_| {
+        let _ = fs::remove_file(&tmp);
+    })
+}
 
 fn tmp_name(name: &EntryName) -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
@@ -949,6 +984,11 @@ mod tests {
             .unwrap();
         assert!(t.consume_once("once/aa-bb-cc-dd-ee-01").unwrap().is_some());
         assert!(t.list(Slot::Once).is_empty());
+        let record = &t.consumed()[0];
+        assert!(
+            fs::metadata(&record.path).is_ok(),
+            "a consumed record still leads to its target"
+        );
         let rec = t.undo_consume(&name).unwrap().unwrap();
         assert_eq!(
             rec.target.as_deref(),

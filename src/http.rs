@@ -14,7 +14,7 @@ use actix_web::http::header::{self, HeaderValue};
 use actix_web::http::{Method, StatusCode};
 use actix_web::{web, HttpRequest, HttpResponse};
 use ipnet::IpNet;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::boottree::{BootTree, Resolved, Rule, Slot};
 use crate::config::{MacBootstrap, ServerConfig};
@@ -262,7 +262,7 @@ async fn redirect(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRe
         return Err(HttpError::Forbidden(ip));
     }
     let mac_param = query_mac(req.query_string()).inspect_err(|e| {
-        warn!(client = %ip, error = %e, "boot refused: bad request");
+        warn!(client = %ip, error = ?e.to_string(), "boot refused: bad request");
     })?;
     let mac = mac_param.flatten();
     let head = req.method() == Method::HEAD;
@@ -279,7 +279,7 @@ async fn redirect(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRe
     let client = ClientId::new(ip, mac);
     if let (Some(hook), false) = (&cfg.boot_hook, head) {
         if let Err(e) = run_hook(hook, &client, &state).await {
-            error!(client = %ip, mac = %mac_text(mac), rule = %"hook-failed", error = %e,
+            error!(client = %ip, mac = %mac_text(mac), rule = %"hook-failed", error = ?e.to_string(),
                    status = 200, "boot: hook failed, client gets an error script");
             return Ok(script_response(
                 "hook-failed",
@@ -308,7 +308,7 @@ async fn redirect(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRe
                 let resolved = match tree.resolve(&cand.entry) {
                     Ok(r) => r,
                     Err(e) => {
-                        warn!(client = %ip, mac = %mac_text(mac), entry = %cand.entry, problem = %e,
+                        warn!(client = %ip, mac = %mac_text(mac), entry = %cand.entry, problem = ?e.to_string(),
                               "boot: skipping broken entry");
                         continue;
                     }
@@ -322,7 +322,7 @@ async fn redirect(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRe
                         }
                         Ok(None) => continue, // another request of this client took it
                         Err(e) => {
-                            error!(client = %ip, mac = %mac_text(mac), entry = %cand.entry, problem = %e,
+                            error!(client = %ip, mac = %mac_text(mac), entry = %cand.entry, problem = ?e.to_string(),
                                    "boot: once entry cannot be consumed, so it is not served");
                             continue;
                         }
@@ -342,8 +342,14 @@ async fn redirect(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRe
             }
         };
         let (status, bytes) = (res.status().as_u16(), content_length(&res));
-        info!(client = %ip, mac = %mac_text(mac), rule = %cand.rule.as_str(), entry = %cand.entry,
-              target = %target, status, bytes, ms = ms(start), "boot");
+        if head {
+            // A probe (healthcheck, sanboot's size query): not a boot, nothing consumed.
+            debug!(client = %ip, mac = %mac_text(mac), rule = %cand.rule.as_str(), entry = %cand.entry,
+                   target = %target, status, bytes, ms = ms(start), "head");
+        } else {
+            info!(client = %ip, mac = %mac_text(mac), rule = %cand.rule.as_str(), entry = %cand.entry,
+                  target = %target, status, bytes, ms = ms(start), "boot");
+        }
         return Ok(res);
     }
 
@@ -612,8 +618,12 @@ async fn plain_file(
     let file = File::open(&path).map_err(|_| HttpError::NotFound)?;
     let named = NamedFile::from_file(file, &path).map_err(|_| HttpError::NotFound)?;
     let res = named.disable_content_disposition().into_response(&req);
-    info!(client = %ip, path = %req.path(), status = res.status().as_u16(),
-          bytes = content_length(&res), ms = ms(start), "download");
+    let (status, bytes) = (res.status().as_u16(), content_length(&res));
+    if req.method() == Method::HEAD {
+        debug!(client = %ip, path = %req.path(), status, bytes, "head");
+    } else {
+        info!(client = %ip, path = %req.path(), status, bytes, ms = ms(start), "download");
+    }
     Ok(res)
 }
 

@@ -3,25 +3,53 @@
 //! iPXE resolves a relative URI against the URI of the script that names it. A script that
 //! lives at `menus/install.ipxe` but is answered at `/redirect` would have `kernel vmlinuz`
 //! fetch `/vmlinuz` instead of `/menus/vmlinuz`. So before serving such a script, relative
-//! URIs of the image commands are rewritten to absolute paths on this server, exactly as
+//! URIs of the image and SAN commands are rewritten to absolute paths on this server, exactly as
 //! iPXE would have resolved them had it fetched the script from its own location.
 
 use std::borrow::Cow;
 
-/// Commands whose first positional argument is an image URI.
-const IMAGE_COMMANDS: &[&str] = &[
-    "chain",
-    "kernel",
-    "initrd",
-    "imgfetch",
-    "module",
-    "imgexec",
-    "imgload",
-    "imgselect",
-];
+/// The commands whose arguments name URIs, with the options of theirs that take a value.
+struct UriCommand {
+    names: &'static [&'static str],
+    value_options: &'static [&'static str],
+    /// Image commands take one URI, then arguments for the image; SAN commands take URIs
+    /// only (several for multipath).
+    all_positionals: bool,
+}
 
-/// Options of the image commands that take a value.
-const VALUE_OPTIONS: &[&str] = &["-n", "--name", "-t", "--timeout"];
+const URI_COMMANDS: &[UriCommand] = &[
+    UriCommand {
+        names: &[
+            "chain",
+            "kernel",
+            "initrd",
+            "imgfetch",
+            "module",
+            "imgexec",
+            "imgload",
+            "imgselect",
+        ],
+        value_options: &["-n", "--name", "-t", "--timeout"],
+        all_positionals: false,
+    },
+    UriCommand {
+        names: &["sanboot", "sanhook"],
+        // -n is --no-describe here, and takes no value.
+        value_options: &[
+            "-d",
+            "--drive",
+            "-f",
+            "--filename",
+            "-e",
+            "--extra",
+            "-l",
+            "--label",
+            "-u",
+            "--uuid",
+        ],
+        all_positionals: true,
+    },
+];
 
 pub fn is_ipxe_script(head: &[u8]) -> bool {
     head.starts_with(b"#!ipxe")
@@ -79,27 +107,27 @@ fn rebase_line(line: &str, base_dir: &str) -> Option<String> {
     while i < tokens.len() {
         let cmd = tokens[i].1;
         i += 1;
-        if !IMAGE_COMMANDS.contains(&cmd) {
+        let Some(spec) = URI_COMMANDS.iter().find(|c| c.names.contains(&cmd)) else {
             // Skip to the next command of the line, after `||` or `&&`.
             while i < tokens.len() && !matches!(tokens[i].1, "||" | "&&") {
                 i += 1;
             }
             i += 1;
             continue;
-        }
-        while i < tokens.len()
-            && tokens[i].1.starts_with('-')
-            && !matches!(tokens[i].1, "||" | "&&")
-        {
-            let takes_value = VALUE_OPTIONS.contains(&tokens[i].1);
-            i += if takes_value { 2 } else { 1 };
-        }
-        if let Some(&(off, uri)) = tokens.get(i) {
-            if is_relative(uri) {
-                edits.push((off, uri.len(), join(base_dir, uri)));
-            }
-        }
+        };
+        let mut first = true;
         while i < tokens.len() && !matches!(tokens[i].1, "||" | "&&") {
+            let tok = tokens[i].1;
+            if tok.starts_with('-') && tok.len() > 1 {
+                // `--name=x` carries its value; `--name x` takes the next token.
+                let takes_value = !tok.contains('=') && spec.value_options.contains(&tok);
+                i += if takes_value { 2 } else { 1 };
+                continue;
+            }
+            if (first || spec.all_positionals) && is_relative(tok) {
+                edits.push((tokens[i].0, tok.len(), join(base_dir, tok)));
+            }
+            first = false;
             i += 1;
         }
         i += 1;
@@ -193,6 +221,24 @@ mod tests {
                 "chain a.ipxe || chain b.ipxe\n",
                 "chain /menus/a.ipxe || chain /menus/b.ipxe\n",
             ),
+            (
+                "chain --name=x next.ipxe arg\n",
+                "chain --name=x /menus/next.ipxe arg\n",
+            ),
+            (
+                "kernel vmlinuz initrd=initrd.img\n",
+                "kernel /menus/vmlinuz initrd=initrd.img\n",
+            ),
+            ("sanboot disk.img\n", "sanboot /menus/disk.img\n"),
+            ("sanboot -n disk.img\n", "sanboot -n /menus/disk.img\n"),
+            (
+                "sanboot --drive 0x81 a.img b.img\n",
+                "sanboot --drive 0x81 /menus/a.img /menus/b.img\n",
+            ),
+            (
+                "sanhook -d 0x80 disk.img || goto x\n",
+                "sanhook -d 0x80 /menus/disk.img || goto x\n",
+            ),
         ];
         for (input, want) in cases {
             assert_eq!(rebase(input, "/menus/"), *want, "{input:?}");
@@ -207,6 +253,8 @@ mod tests {
             "kernel ${base-url}/vmlinuz\n",
             "chain tftp://srv/x\n",
             "sanboot iscsi:10.0.0.1:::1:iqn.x\n",
+            "sanboot --no-describe --drive 0x80\n",
+            "sanboot ${root-path}\n",
             "# chain comment.ipxe\n",
             ":label\n",
             "echo chain me\n",

@@ -43,7 +43,7 @@ pub fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {
 /// the shutdown timeout) and returns.
 pub fn run(cfg: ServerConfig) -> Result<(), ServeError> {
     if let Err(e) = rlimit::increase_nofile_limit(u64::MAX) {
-        warn!(error = %e, "cannot raise the open-files limit; many clients at once may be refused");
+        warn!(error = ?e.to_string(), "cannot raise the open-files limit; many clients at once may be refused");
     }
     let tree = Arc::new(BootTree::open(&cfg.root)?);
     info!(root = %tree.root().display(), "boot tree");
@@ -54,7 +54,7 @@ pub fn run(cfg: ServerConfig) -> Result<(), ServeError> {
             Ok(l) => listeners.push(l),
             // The default dual-stack pair: a host without IPv6 still serves IPv4.
             Err(e) if cfg.listen.len() > 1 && addr.is_ipv6() && addr.ip().is_unspecified() => {
-                warn!(error = %e, "IPv6 listener not started")
+                warn!(error = ?e.to_string(), "IPv6 listener not started")
             }
             Err(e) => return Err(e),
         }
@@ -76,10 +76,10 @@ pub fn run(cfg: ServerConfig) -> Result<(), ServeError> {
     }
 
     for problem in tree.problems() {
-        warn!(problem = %problem, "check");
+        warn!(problem = ?problem.to_string(), "check");
     }
     if let Err(e) = crate::watch::spawn(tree.clone()) {
-        error!(error = %e, "cannot watch the boot tree; changes still take effect, but are not reported");
+        error!(error = ?e.to_string(), "cannot watch the boot tree; changes still take effect, but are not reported");
     }
 
     actix_web::rt::System::new()

@@ -27,7 +27,7 @@ pub fn spawn(tree: Arc<BootTree>) -> Result<(), notify::Error> {
             for res in rx {
                 match res {
                     Ok(event) => handle(&tree, &mut watcher, event),
-                    Err(e) => warn!(error = %e, "watch: error from the file watcher"),
+                    Err(e) => warn!(error = ?e.to_string(), "watch: error from the file watcher"),
                 }
             }
         })
@@ -95,7 +95,7 @@ fn handle(tree: &BootTree, watcher: &mut notify::RecommendedWatcher, event: noti
                 Ok(target) => {
                     info!(entry = %entry.rel_path(), target = %target, "audit: entry set")
                 }
-                Err(problem) => warn!(entry = %entry.rel_path(), problem = %problem,
+                Err(problem) => warn!(entry = %entry.rel_path(), problem = ?problem.to_string(),
                                       "audit: entry set, but it cannot be served"),
             },
         }
@@ -117,12 +117,14 @@ fn on_root_change(
         ),
         ("default", Change::Present) => match tree.resolve("default") {
             Ok(_) => info!("audit: default set"),
-            Err(e) => warn!(problem = %e, "audit: default changed, but it cannot be served"),
+            Err(e) => {
+                warn!(problem = ?e.to_string(), "audit: default changed, but it cannot be served")
+            }
         },
         ("once" | "static", Change::Present) => {
             let dir: PathBuf = path.to_owned();
             if let Err(e) = watcher.watch(&dir, RecursiveMode::NonRecursive) {
-                warn!(dir = %dir.display(), error = %e, "watch: cannot watch new directory");
+                warn!(dir = %dir.display(), error = ?e.to_string(), "watch: cannot watch new directory");
             } else {
                 info!(dir = %dir.display(), "watch: watching new entry directory");
             }

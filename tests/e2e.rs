@@ -43,6 +43,10 @@ fn entry_link(tree: &Tree, entry: &str, target: &str) {
 }
 
 #[test]
+#[cfg_attr(
+    not(pxesrv_e2e),
+    ignore = "end-to-end: boots QEMU VMs as root; run with PXESRV_E2E=1 cargo test --test e2e"
+)]
 fn no_entry_boots_default() {
     let Some(c) = Case::new("no_entry_boots_default", &[Need::Qemu, Need::IpxeRom]) else {
         return;
@@ -72,6 +76,10 @@ fn no_entry_boots_default() {
 }
 
 #[test]
+#[cfg_attr(
+    not(pxesrv_e2e),
+    ignore = "end-to-end: boots QEMU VMs as root; run with PXESRV_E2E=1 cargo test --test e2e"
+)]
 fn static_by_mac_two_clients_two_targets() {
     let Some(c) = Case::new(
         "static_by_mac_two_clients_two_targets",
@@ -116,6 +124,10 @@ fn static_by_mac_two_clients_two_targets() {
 }
 
 #[test]
+#[cfg_attr(
+    not(pxesrv_e2e),
+    ignore = "end-to-end: boots QEMU VMs as root; run with PXESRV_E2E=1 cargo test --test e2e"
+)]
 fn static_by_ip() {
     let Some(c) = Case::new("static_by_ip", &[Need::Qemu, Need::IpxeRom]) else {
         return;
@@ -146,6 +158,10 @@ fn static_by_ip() {
 }
 
 #[test]
+#[cfg_attr(
+    not(pxesrv_e2e),
+    ignore = "end-to-end: boots QEMU VMs as root; run with PXESRV_E2E=1 cargo test --test e2e"
+)]
 fn static_by_longest_subnet() {
     let Some(c) = Case::new("static_by_longest_subnet", &[Need::Qemu, Need::IpxeRom]) else {
         return;
@@ -183,6 +199,10 @@ fn static_by_longest_subnet() {
 }
 
 #[test]
+#[cfg_attr(
+    not(pxesrv_e2e),
+    ignore = "end-to-end: boots QEMU VMs as root; run with PXESRV_E2E=1 cargo test --test e2e"
+)]
 fn once_boots_once_then_static_and_is_consumed() {
     let Some(c) = Case::new(
         "once_boots_once_then_static_and_is_consumed",
@@ -225,10 +245,17 @@ fn once_boots_once_then_static_and_is_consumed() {
         c.tree.listing()
     );
     let record = c.tree.path(&format!("once/.consumed/{}", records[0]));
+    // The record lies one directory deeper than the entry did: its relative link is
+    // re-pointed so that it still leads to the once target.
     assert_eq!(
         std::fs::read_link(&record).ok(),
-        Some(link_text.clone().into()),
-        "the consumed record keeps the link as the operator wrote it"
+        Some(std::path::Path::new("..").join(&link_text)),
+        "the consumed record's link is re-pointed from its new directory"
+    );
+    assert_eq!(
+        std::fs::canonicalize(&record).ok(),
+        std::fs::canonicalize(c.tree.path(&once)).ok(),
+        "the consumed record still leads to the once target"
     );
 
     let mark = server.mark();
@@ -255,6 +282,10 @@ fn once_boots_once_then_static_and_is_consumed() {
 }
 
 #[test]
+#[cfg_attr(
+    not(pxesrv_e2e),
+    ignore = "end-to-end: boots QEMU VMs as root; run with PXESRV_E2E=1 cargo test --test e2e"
+)]
 fn once_by_ip_goes_to_exactly_one_of_two_simultaneous_boots() {
     let Some(c) = Case::new(
         "once_by_ip_goes_to_exactly_one_of_two_simultaneous_boots",
@@ -311,6 +342,10 @@ fn once_by_ip_goes_to_exactly_one_of_two_simultaneous_boots() {
 }
 
 #[test]
+#[cfg_attr(
+    not(pxesrv_e2e),
+    ignore = "end-to-end: boots QEMU VMs as root; run with PXESRV_E2E=1 cargo test --test e2e"
+)]
 fn operator_changes_while_server_runs_take_effect_next_boot() {
     let Some(c) = Case::new(
         "operator_changes_while_server_runs_take_effect_next_boot",
@@ -352,6 +387,10 @@ fn operator_changes_while_server_runs_take_effect_next_boot() {
 }
 
 #[test]
+#[cfg_attr(
+    not(pxesrv_e2e),
+    ignore = "end-to-end: boots QEMU VMs as root; run with PXESRV_E2E=1 cargo test --test e2e"
+)]
 fn script_in_subdirectory_chains_relative_file() {
     let Some(c) = Case::new(
         "script_in_subdirectory_chains_relative_file",
@@ -405,6 +444,10 @@ fn script_in_subdirectory_chains_relative_file() {
 const DISK_SIZE: u64 = 64 << 20;
 
 #[test]
+#[cfg_attr(
+    not(pxesrv_e2e),
+    ignore = "end-to-end: boots QEMU VMs as root; run with PXESRV_E2E=1 cargo test --test e2e"
+)]
 fn sanboot_over_http_from_plain_files() {
     let Some(c) = Case::new(
         "sanboot_over_http_from_plain_files",
@@ -446,6 +489,10 @@ fn sanboot_over_http_from_plain_files() {
 }
 
 #[test]
+#[cfg_attr(
+    not(pxesrv_e2e),
+    ignore = "end-to-end: boots QEMU VMs as root; run with PXESRV_E2E=1 cargo test --test e2e"
+)]
 fn relative_sanboot_in_subdirectory_script() {
     let Some(c) = Case::new(
         "relative_sanboot_in_subdirectory_script",
@@ -483,6 +530,10 @@ fn relative_sanboot_in_subdirectory_script() {
 }
 
 #[test]
+#[cfg_attr(
+    not(pxesrv_e2e),
+    ignore = "end-to-end: boots QEMU VMs as root; run with PXESRV_E2E=1 cargo test --test e2e"
+)]
 fn namespace_dnsmasq_clients_boot_by_their_real_addresses() {
     let Some(c) = Case::new(
         "namespace_dnsmasq_clients_boot_by_their_real_addresses",
@@ -591,6 +642,10 @@ fn dnsmasq_acked_ipxe(log: &str, ip: &str, mac: &str) -> bool {
 }
 
 #[test]
+#[cfg_attr(
+    not(pxesrv_e2e),
+    ignore = "end-to-end: boots QEMU VMs as root; run with PXESRV_E2E=1 cargo test --test e2e"
+)]
 fn mac_bootstrap_without_mac_in_bootfile() {
     let Some(c) = Case::new(
         "mac_bootstrap_without_mac_in_bootfile",
@@ -637,6 +692,10 @@ fn mac_bootstrap_without_mac_in_bootfile() {
 }
 
 #[test]
+#[cfg_attr(
+    not(pxesrv_e2e),
+    ignore = "end-to-end: boots QEMU VMs as root; run with PXESRV_E2E=1 cargo test --test e2e"
+)]
 fn mac_bootstrap_names_the_nic_that_boots() {
     let Some(c) = Case::new(
         "mac_bootstrap_names_the_nic_that_boots",
@@ -675,6 +734,10 @@ fn mac_bootstrap_names_the_nic_that_boots() {
 }
 
 #[test]
+#[cfg_attr(
+    not(pxesrv_e2e),
+    ignore = "end-to-end: boots QEMU VMs as root; run with PXESRV_E2E=1 cargo test --test e2e"
+)]
 fn dangling_once_link_falls_through() {
     let Some(c) = Case::new(
         "dangling_once_link_falls_through",

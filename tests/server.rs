@@ -793,7 +793,7 @@ fn watcher_reports_changes_and_problems_as_they_happen() {
     t.link("once/127.0.0.23", "../nope");
     assert!(
         s.wait_log(
-            "entry=once/127.0.0.23 problem=once/127.0.0.23 is dangling",
+            "entry=once/127.0.0.23 problem=\"once/127.0.0.23 is dangling",
             Duration::from_secs(5)
         ),
         "{}",
