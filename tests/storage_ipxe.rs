@@ -149,6 +149,10 @@ fn write_marker_via_iscsi(dir: &Path, port: u16, mac: &str, marker: &str) {
 }
 
 #[test]
+#[cfg_attr(
+    not(pxesrv_e2e),
+    ignore = "end-to-end: pxesrv, tgtd and iPXE in QEMU as root; run with sudo PXESRV_E2E=1 cargo test --test storage_ipxe"
+)]
 fn ipxe_clients_boot_their_own_cow_disks() {
     let test = "ipxe_clients_boot_their_own_cow_disks";
     if !require(

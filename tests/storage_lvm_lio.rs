@@ -38,6 +38,10 @@ fn say(msg: &str) {
 }
 
 #[test]
+#[cfg_attr(
+    not(pxesrv_e2e),
+    ignore = "end-to-end: LVM and LIO in a QEMU guest; run with sudo PXESRV_E2E=1 cargo test --test storage_lvm_lio"
+)]
 fn lvm_snapshots_exported_by_lio_in_a_guest() {
     let test = "lvm_snapshots_exported_by_lio_in_a_guest";
     if !require(

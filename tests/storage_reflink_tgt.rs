@@ -198,11 +198,19 @@ fn isolation(kind: FsKind, test: &str) {
 }
 
 #[test]
+#[cfg_attr(
+    not(pxesrv_e2e),
+    ignore = "end-to-end: loop mounts, tgtd and qemu-io as root; run with sudo PXESRV_E2E=1 cargo test --test storage_reflink_tgt"
+)]
 fn xfs_reflink_clients_are_isolated() {
     isolation(FsKind::Xfs, "xfs_reflink_clients_are_isolated");
 }
 
 #[test]
+#[cfg_attr(
+    not(pxesrv_e2e),
+    ignore = "end-to-end: loop mounts, tgtd and qemu-io as root; run with sudo PXESRV_E2E=1 cargo test --test storage_reflink_tgt"
+)]
 fn btrfs_reflink_clients_are_isolated() {
     isolation(FsKind::Btrfs, "btrfs_reflink_clients_are_isolated");
 }
@@ -243,6 +251,10 @@ fn ext4_is_refused_with_a_clear_error() {
 }
 
 #[test]
+#[cfg_attr(
+    not(pxesrv_e2e),
+    ignore = "end-to-end: loop mounts, tgtd and qemu-io as root; run with sudo PXESRV_E2E=1 cargo test --test storage_reflink_tgt"
+)]
 fn usual_mistakes_have_clear_errors() {
     if !require("usual_mistakes_have_clear_errors", TOOLS) {
         return;
@@ -354,6 +366,10 @@ fn usual_mistakes_have_clear_errors() {
 
 /// Attach, killed right after each step, then run again: as if the first run never was.
 #[test]
+#[cfg_attr(
+    not(pxesrv_e2e),
+    ignore = "end-to-end: loop mounts, tgtd and qemu-io as root; run with sudo PXESRV_E2E=1 cargo test --test storage_reflink_tgt"
+)]
 fn fault_injection_then_rerun_leaves_no_leaks() {
     if !require("fault_injection_then_rerun_leaves_no_leaks", TOOLS) {
         return;
@@ -448,6 +464,10 @@ fn fault_injection_then_rerun_leaves_no_leaks() {
 }
 
 #[test]
+#[cfg_attr(
+    not(pxesrv_e2e),
+    ignore = "end-to-end: loop mounts, tgtd and qemu-io as root; run with sudo PXESRV_E2E=1 cargo test --test storage_reflink_tgt"
+)]
 fn apply_twice_changes_nothing_and_dry_run_changes_nothing() {
     if !require(
         "apply_twice_changes_nothing_and_dry_run_changes_nothing",
@@ -515,6 +535,10 @@ fn apply_twice_changes_nothing_and_dry_run_changes_nothing() {
 }
 
 #[test]
+#[cfg_attr(
+    not(pxesrv_e2e),
+    ignore = "end-to-end: loop mounts, tgtd and qemu-io as root; run with sudo PXESRV_E2E=1 cargo test --test storage_reflink_tgt"
+)]
 fn restore_after_target_restart_and_boot_hook() {
     if !require("restore_after_target_restart_and_boot_hook", TOOLS) {
         return;
@@ -603,6 +627,10 @@ fn restore_after_target_restart_and_boot_hook() {
 }
 
 #[test]
+#[cfg_attr(
+    not(pxesrv_e2e),
+    ignore = "end-to-end: loop mounts, tgtd and qemu-io as root; run with sudo PXESRV_E2E=1 cargo test --test storage_reflink_tgt"
+)]
 fn chap_is_required_when_asked_for() {
     if !require(
         "chap_is_required_when_asked_for",
@@ -655,6 +683,10 @@ fn chap_is_required_when_asked_for() {
 }
 
 #[test]
+#[cfg_attr(
+    not(pxesrv_e2e),
+    ignore = "end-to-end: loop mounts, tgtd and qemu-io as root; run with sudo PXESRV_E2E=1 cargo test --test storage_reflink_tgt"
+)]
 fn concurrent_invocations_are_serialised() {
     if !require("concurrent_invocations_are_serialised", TOOLS) {
         return;
