@@ -1,0 +1,322 @@
+//! The `lvm` disk backend and the `lio` target backend, for real: in a QEMU (TCG) guest
+//! with a Debian kernel (this host has neither device-mapper nor configfs), driven by the
+//! real `pxesrv-storage` binary inside the guest.
+//!
+//! 1. The guest gets a volume group on /dev/vda and a 64 MiB golden LV whose first sector
+//!    prints GOLDEN and exits QEMU with status 33. `pxesrv-storage` registers it (`image add
+//!    --lv`) and attaches clients A and B (LVM snapshots exported by LIO through configfs);
+//!    their boot scripts (`static/MAC`) come back to the host.
+//! 2. From the host, a real initiator (qemu-io's libiscsi driver, through QEMU's port
+//!    forward) logs in as A: reads GOLDEN, writes CLIENT-A. B's initiator name is refused on
+//!    A's target (and A's on B's); B reads GOLDEN; the guest confirms that CLIENT-A is in
+//!    A's snapshot and that the golden LV is byte for byte what it was.
+//! 3. The real `pxesrv` serves the scripts the guest wrote; iPXE client VMs with A's and B's
+//!    MACs sanboot through the guest's LIO target: A shows CLIENT-A, B shows GOLDEN. After
+//!    `pxesrv-storage client reset A` in the guest, A shows GOLDEN again; after `client
+//!    detach B`, B's target, snapshot and boot entry are gone.
+//!
+//! Runs only with PXESRV_E2E=1 (it downloads a kernel once and takes about two minutes);
+//! then a missing tool is a failure. Needs qemu-system-x86_64 (with ipxe-qemu), qemu-io
+//! (qemu-utils with libiscsi), busybox, lvm2, apt-get and dpkg-deb. The kernel is cached in
+//! target/e2e-kernel/.
+
+mod guest;
+mod storage_support;
+
+use std::io::Write;
+use std::path::Path;
+use std::time::Instant;
+
+use guest::*;
+use storage_support::{has_marker, ini, marker_sector, tgt_iqn, PREFIX};
+
+const MIB: u64 = 1 << 20;
+const A: &str = "52-54-00-12-34-0a";
+const B: &str = "52-54-00-12-34-0b";
+const VG: &str = "pxevg";
+const LUN: u32 = 0;
+
+const TOOLS: &[&str] = &[
+    "qemu-system-x86_64",
+    "qemu-io",
+    "busybox",
+    "lvm",
+    "dmsetup",
+    "apt-get",
+    "apt-cache",
+    "dpkg-deb",
+    "ldd",
+    "find",
+];
+
+/// On a failing step: prints every log of the run (guest serial, pxesrv, iPXE clients).
+struct DumpOnPanic<'a>(&'a Path);
+
+impl Drop for DumpOnPanic<'_> {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        let mut logs: Vec<_> = std::fs::read_dir(self.0)
+            .map(|rd| {
+                rd.filter_map(|e| e.ok().map(|e| e.path()))
+                    .filter(|p| p.extension().is_some_and(|x| x == "log" || x == "err"))
+                    .collect()
+            })
+            .unwrap_or_default();
+        logs.sort();
+        for p in logs {
+            let text =
+                String::from_utf8_lossy(&std::fs::read(&p).unwrap_or_default()).replace('\r', "");
+            let lines: Vec<&str> = text.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(250)..];
+            say(&format!(
+                "===== {} (last {} lines) =====\n{}",
+                p.display(),
+                tail.len(),
+                tail.join("\n")
+            ));
+        }
+    }
+}
+
+fn config(iscsi_port: u16) -> String {
+    // Clients are told 10.0.2.2:PORT (the host, from an iPXE VM on QEMU's user network);
+    // the guest's LIO listens on its own 10.0.2.15:3260, which QEMU forwards from PORT.
+    format!(
+        "root = \"/srv/pxesrv\"\nstate_dir = \"/var/lib/pxesrv-storage\"\n\
+         portal = \"10.0.2.2:{iscsi_port}\"\niqn_prefix = \"{PREFIX}\"\n\
+         command_timeout = \"60s\"\n\
+         [disk]\nbackend = \"lvm\"\nvg = \"{VG}\"\n\
+         [target]\nbackend = \"lio\"\nlisten = \"10.0.2.15:3260\"\n"
+    )
+}
+
+/// The printable strings of the first sector of a device in the guest.
+fn guest_sector(g: &Guest, dev: &str) -> String {
+    g.ok(&format!("dd if={dev} bs=512 count=1 2>/dev/null | strings"))
+}
+
+fn golden_md5(g: &Guest) -> String {
+    g.ok(&format!("md5sum /dev/{VG}/golden"))
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+fn assert_boots(work: &Path, http_port: u16, mac: &str, tag: &str, marker: &str) {
+    let (status, serial) = ipxe_boot(work, http_port, mac, tag);
+    assert_eq!(
+        status,
+        Some(33),
+        "{tag}: the marker sector did not run; serial:\n{serial}"
+    );
+    assert!(
+        serial.contains(&format!("\n{marker}\n")),
+        "{tag}: expected {marker}; serial:\n{serial}"
+    );
+    for other in ["GOLDEN", "CLIENT-A"] {
+        if other != marker {
+            assert!(
+                !serial.contains(&format!("\n{other}\n")),
+                "{tag}: booted {other}:\n{serial}"
+            );
+        }
+    }
+}
+
+#[test]
+fn lvm_snapshots_exported_by_lio_boot_ipxe_clients() {
+    let test = "lvm_snapshots_exported_by_lio_boot_ipxe_clients";
+    if !storage_support::e2e_required() {
+        let _ = std::io::stderr().write_all(
+            format!(
+                "\n*** SKIPPED {test}: it boots a Debian kernel in QEMU (TCG) and downloads it once;\n\
+                 *** run it with: PXESRV_E2E=1 cargo test --test storage_guest -- --nocapture\n\n"
+            )
+            .as_bytes(),
+        );
+        return;
+    }
+    let missing: Vec<&str> = TOOLS
+        .iter()
+        .copied()
+        .filter(|t| which(t).is_none())
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{test}: PXESRV_E2E=1 but missing: {missing:?} (see .ci/guest-deps)"
+    );
+    assert!(
+        Path::new("/usr/lib/ipxe/qemu/efi-virtio.rom").exists()
+            || Path::new("/usr/share/qemu/efi-virtio.rom").exists(),
+        "{test}: PXESRV_E2E=1 but the iPXE ROM for QEMU (ipxe-qemu) is missing"
+    );
+    let t_all = Instant::now();
+    let tmp = tempfile::Builder::new()
+        .prefix("pxesrv-guest-")
+        .tempdir()
+        .unwrap();
+    let work = tmp.path();
+    let _dump = DumpOnPanic(work);
+
+    // ---- 1. the guest -----------------------------------------------------------------
+    let k = phase(
+        "kernel (apt-get download once, cached in target/e2e-kernel)",
+        kernel,
+    );
+    let iscsi_port = storage_support::free_port();
+    let ctl = Ctl::start();
+    let initrd = work.join("initramfs.cpio");
+    phase("initramfs", || {
+        let ir = Initramfs::new(work, &k);
+        ir.binary(
+            Path::new(env!("CARGO_BIN_EXE_pxesrv-storage")),
+            "usr/sbin/pxesrv-storage",
+            true,
+        );
+        ir.file("etc/pxesrv/storage.toml", config(iscsi_port).as_bytes());
+        ir.dir("srv/pxesrv");
+        ir.file("golden.bin", &marker_sector("GOLDEN"));
+        ir.pack(&initrd);
+    });
+    let pv = work.join("pv.img");
+    std::fs::File::create(&pv)
+        .unwrap()
+        .set_len(512 * MIB)
+        .unwrap();
+    let g = phase("guest boot (kernel, modules, network)", || {
+        Guest::boot(work, &k, &initrd, &pv, iscsi_port, ctl)
+    });
+
+    let golden_sum = phase("guest: volume group and golden LV", || {
+        g.ok(&format!(
+            "set -e\npvcreate -ff -y /dev/vda\nvgcreate {VG} /dev/vda\n\
+             lvcreate -y -L 64M -n golden {VG}\n\
+             dd if=/golden.bin of=/dev/{VG}/golden bs=512 count=1 conv=fsync"
+        ));
+        assert!(guest_sector(&g, &format!("/dev/{VG}/golden")).contains("GOLDEN"));
+        golden_md5(&g)
+    });
+
+    let (script_a, script_b) = phase("guest: pxesrv-storage image add, client attach", || {
+        let out = g.ok("pxesrv-storage image add golden --lv golden");
+        assert!(out.contains("image golden registered"), "{out}");
+        for mac in [A, B] {
+            let out = g.ok(&format!(
+                "pxesrv-storage client attach {mac} --image golden"
+            ));
+            assert!(
+                out.contains(&format!("target {}", tgt_iqn(mac)))
+                    && out.contains(&format!("initiator {}", ini(mac))),
+                "{out}"
+            );
+        }
+        let list = g.ok(&format!(
+            "pxesrv-storage client list\nlvs -o lv_name,origin,lv_size {VG}\n\
+             ls /sys/kernel/config/target/iscsi\n\
+             ls /sys/kernel/config/target/iscsi/*/tpgt_1/acls /sys/kernel/config/target/core/iblock_0"
+        ));
+        say(&format!("guest state after attach:\n{list}"));
+        assert_eq!(
+            list.lines().filter(|l| l.contains(" ready ")).count(),
+            2,
+            "both clients ready:\n{list}"
+        );
+        let a = g.ok(&format!("cat /srv/pxesrv/static/{A}"));
+        let b = g.ok(&format!("cat /srv/pxesrv/static/{B}"));
+        say(&format!("static/{A} written in the guest:\n{a}"));
+        for (mac, s) in [(A, &a), (B, &b)] {
+            assert!(
+                s.contains(&format!("set initiator-iqn {}\n", ini(mac))),
+                "{s}"
+            );
+            assert!(
+                s.contains(&format!(
+                    "sanboot iscsi:10.0.2.2::{iscsi_port}:{LUN}:{}",
+                    tgt_iqn(mac)
+                )),
+                "{s}"
+            );
+        }
+        say("GUEST-READY: images and clients set up, boot scripts read back");
+        (a, b)
+    });
+
+    // ---- 2. a real initiator on the host ----------------------------------------------
+    phase(
+        "host initiator: reads, writes and refusals through LIO",
+        || {
+            let sector = iscsi_read(iscsi_port, &tgt_iqn(A), &ini(A), LUN, 512);
+            assert!(has_marker(&sector, "GOLDEN"), "A's fresh disk is golden");
+            let src = work.join("client-a.bin");
+            std::fs::write(&src, marker_sector("CLIENT-A")).unwrap();
+            iscsi_write_file(iscsi_port, &tgt_iqn(A), &ini(A), LUN, &src);
+            assert!(has_marker(
+                &iscsi_read(iscsi_port, &tgt_iqn(A), &ini(A), LUN, 512),
+                "CLIENT-A"
+            ));
+            for (target, who) in [(tgt_iqn(A), ini(B)), (tgt_iqn(B), ini(A))] {
+                let out = qemu_io(iscsi_port, &target, &who, LUN, &["read 0 512"]);
+                let err = String::from_utf8_lossy(&out.stderr);
+                assert!(
+                    !out.status.success(),
+                    "{who} must not open {target}: {}",
+                    String::from_utf8_lossy(&out.stdout)
+                );
+                say(&format!("{who} on {target} refused: {}", err.trim()));
+            }
+            assert!(has_marker(
+                &iscsi_read(iscsi_port, &tgt_iqn(B), &ini(B), LUN, 512),
+                "GOLDEN"
+            ));
+            // The write went into A's snapshot, and nowhere else.
+            assert!(guest_sector(&g, &format!("/dev/{VG}/pxc-{A}")).contains("CLIENT-A"));
+            assert!(guest_sector(&g, &format!("/dev/{VG}/pxc-{B}")).contains("GOLDEN"));
+            assert_eq!(golden_md5(&g), golden_sum, "the golden LV changed");
+        },
+    );
+
+    // ---- 3. the full chain: pxesrv, iPXE, sanboot through LIO -------------------------
+    let root = work.join("pxesrv-root");
+    std::fs::create_dir_all(root.join("static")).unwrap();
+    std::fs::write(root.join("static").join(A), &script_a).unwrap();
+    std::fs::write(root.join("static").join(B), &script_b).unwrap();
+    let (_srv, http_port) = start_pxesrv(&root, &work.join("pxesrv.log"));
+
+    phase("iPXE clients sanboot their LVM snapshots", || {
+        assert_boots(work, http_port, A, "a-1", "CLIENT-A");
+        assert_boots(work, http_port, B, "b-1", "GOLDEN");
+    });
+
+    phase("client reset A in the guest, A boots golden", || {
+        let out = g.ok(&format!("pxesrv-storage client reset {A}"));
+        assert!(out.contains("reset to its golden image"), "{out}");
+        assert!(guest_sector(&g, &format!("/dev/{VG}/pxc-{A}")).contains("GOLDEN"));
+        let again = g.ok(&format!("cat /srv/pxesrv/static/{A}"));
+        assert_eq!(again, script_a, "the boot script stays the same");
+        assert_boots(work, http_port, A, "a-2", "GOLDEN");
+    });
+
+    phase("client detach B in the guest", || {
+        g.ok(&format!("pxesrv-storage client detach {B}"));
+        let (_, left) = g.sh(&format!(
+            "ls /sys/kernel/config/target/iscsi /sys/kernel/config/target/core/iblock_0 \
+             /srv/pxesrv/static\nlvs --noheadings -o lv_name {VG}"
+        ));
+        say(&format!("guest after detach of B:\n{left}"));
+        assert!(
+            !left.contains(B),
+            "B's target, disk or entry is left:\n{left}"
+        );
+        assert!(left.contains(A), "A is still there:\n{left}");
+        let out = qemu_io(iscsi_port, &tgt_iqn(B), &ini(B), LUN, &["read 0 512"]);
+        assert!(!out.status.success(), "B's target is gone");
+        assert_eq!(golden_md5(&g), golden_sum, "the golden LV changed");
+    });
+    say(&format!(
+        "{test}: passed in {:.1}s",
+        t_all.elapsed().as_secs_f64()
+    ));
+}
