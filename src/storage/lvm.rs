@@ -197,6 +197,8 @@ impl Lvm {
     }
 
     /// After a reboot: make sure the snapshot is active so its device node exists.
+    /// `-y`: activating a classic snapshot also activates its origin, and lvchange asks
+    /// before doing that (with no terminal the answer is no, and it fails).
     pub fn activate(&self, ex: &Exec, disk: &DiskRef) -> Result<bool, StorageError> {
         let DiskRef::Lv { lv, .. } = disk else {
             return Ok(false);
@@ -205,7 +207,7 @@ impl Lvm {
             Some(info) if !info.is_active() => {
                 ex.run(
                     &Argv::new("lvchange")
-                        .args(["-ay", "-K", "--"])
+                        .args(["-y", "-ay", "-K", "--"])
                         .arg(format!("{}/{lv}", self.vg)),
                 )?;
                 Ok(true)
@@ -274,6 +276,24 @@ mod tests {
         );
         let info = lvm.find(&ex, &"golden".parse().unwrap()).unwrap().unwrap();
         assert_eq!(info.used(), 1 << 27);
+    }
+
+    #[test]
+    fn activate_only_inactive_snapshots_without_a_question() {
+        let out = report(
+            r#"{"lv_name":"pxc-52-54-00-aa-bb-01","lv_attr":"swi---s---","lv_size":"16777216","pool_lv":"","origin":"golden","data_percent":""},
+               {"lv_name":"pxc-52-54-00-aa-bb-02","lv_attr":"swi-a-s---","lv_size":"16777216","pool_lv":"","origin":"golden","data_percent":"0.00"}"#,
+        );
+        let ex = Exec::fake(&[(LVS, Ok(&out))]);
+        let lvm = Lvm::new("vg0".parse().unwrap(), None);
+        let a = lvm.disk_for(&"52:54:00:aa:bb:01".parse().unwrap());
+        let b = lvm.disk_for(&"52:54:00:aa:bb:02".parse().unwrap());
+        assert!(lvm.activate(&ex, &a).unwrap());
+        assert!(!lvm.activate(&ex, &b).unwrap());
+        assert_eq!(
+            ex.action_lines(),
+            vec!["lvchange -y -ay -K -- vg0/pxc-52-54-00-aa-bb-01"]
+        );
     }
 
     #[test]
