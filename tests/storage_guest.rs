@@ -33,6 +33,7 @@ use storage_support::{has_marker, ini, marker_sector, tgt_iqn, PREFIX};
 const MIB: u64 = 1 << 20;
 const A: &str = "52-54-00-12-34-0a";
 const B: &str = "52-54-00-12-34-0b";
+const C: &str = "52-54-00-12-34-0c";
 const VG: &str = "pxevg";
 const LUN: u32 = 0;
 
@@ -49,14 +50,15 @@ const TOOLS: &[&str] = &[
     "find",
 ];
 
-/// On a failing step: prints every log of the run (guest serial, pxesrv, iPXE clients).
-struct DumpOnPanic<'a>(&'a Path);
+/// Keeps the logs of the run (guest serial consoles, pxesrv, iPXE clients) in
+/// target/tmp/storage_guest-logs/, and prints them when a step failed.
+struct Logs<'a>(&'a Path);
 
-impl Drop for DumpOnPanic<'_> {
+impl Drop for Logs<'_> {
     fn drop(&mut self) {
-        if !std::thread::panicking() {
-            return;
-        }
+        let keep = Path::new(env!("CARGO_TARGET_TMPDIR")).join("storage_guest-logs");
+        let _ = std::fs::remove_dir_all(&keep);
+        let _ = std::fs::create_dir_all(&keep);
         let mut logs: Vec<_> = std::fs::read_dir(self.0)
             .map(|rd| {
                 rd.filter_map(|e| e.ok().map(|e| e.path()))
@@ -65,6 +67,12 @@ impl Drop for DumpOnPanic<'_> {
             })
             .unwrap_or_default();
         logs.sort();
+        for p in &logs {
+            let _ = std::fs::copy(p, keep.join(p.file_name().unwrap()));
+        }
+        if !std::thread::panicking() {
+            return;
+        }
         for p in logs {
             let text =
                 String::from_utf8_lossy(&std::fs::read(&p).unwrap_or_default()).replace('\r', "");
@@ -77,6 +85,7 @@ impl Drop for DumpOnPanic<'_> {
                 tail.join("\n")
             ));
         }
+        say(&format!("(all logs of this run: {})", keep.display()));
     }
 }
 
@@ -97,13 +106,33 @@ fn guest_sector(g: &Guest, dev: &str) -> String {
     g.ok(&format!("dd if={dev} bs=512 count=1 2>/dev/null | strings"))
 }
 
+/// md5 of the whole of the golden LVs, to prove nothing ever writes them. (After a
+/// reboot, restore activates the clients' snapshots only; a thin origin stays inactive.)
 fn golden_md5(g: &Guest) -> String {
-    g.ok(&format!("md5sum /dev/{VG}/golden"))
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_string()
+    g.ok(&format!(
+        "lvchange -ay {VG}/golden {VG}/thingolden
+md5sum /dev/{VG}/golden /dev/{VG}/thingolden"
+    ))
 }
+
+/// `client list --json` in the guest: MAC -> (state, used bytes).
+fn client_list(g: &Guest) -> Vec<(String, String, u64)> {
+    let out = g.ok("pxesrv-storage client list --json");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["mac"].as_str().unwrap().to_string(),
+                c["state"].as_str().unwrap().to_string(),
+                c["used"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect()
+}
+
+const MARKERS: &[&str] = &["GOLDEN", "CLIENT-A", "THIN-GOLDEN", "CLIENT-C"];
 
 fn assert_boots(work: &Path, http_port: u16, mac: &str, tag: &str, marker: &str) {
     let (status, serial) = ipxe_boot(work, http_port, mac, tag);
@@ -116,14 +145,37 @@ fn assert_boots(work: &Path, http_port: u16, mac: &str, tag: &str, marker: &str)
         serial.contains(&format!("\n{marker}\n")),
         "{tag}: expected {marker}; serial:\n{serial}"
     );
-    for other in ["GOLDEN", "CLIENT-A"] {
-        if other != marker {
+    for other in MARKERS {
+        if *other != marker {
             assert!(
                 !serial.contains(&format!("\n{other}\n")),
                 "{tag}: booted {other}:\n{serial}"
             );
         }
     }
+}
+
+/// Writes a marker sector into `mac`'s disk as `mac`'s initiator, and reads it back.
+fn write_marker(work: &Path, port: u16, mac: &str, marker: &str) {
+    let src = work.join(format!("{marker}.bin"));
+    std::fs::write(&src, marker_sector(marker)).unwrap();
+    iscsi_write_file(port, &tgt_iqn(mac), &ini(mac), LUN, &src);
+    assert!(has_marker(
+        &iscsi_read(port, &tgt_iqn(mac), &ini(mac), LUN, 512),
+        marker
+    ));
+}
+
+/// The boot entries the guest wrote, copied into the host's pxesrv tree.
+fn fetch_scripts(g: &Guest, root: &Path, macs: &[&str]) -> Vec<String> {
+    std::fs::create_dir_all(root.join("static")).unwrap();
+    macs.iter()
+        .map(|mac| {
+            let s = g.ok(&format!("cat /srv/pxesrv/static/{mac}"));
+            std::fs::write(root.join("static").join(mac), &s).unwrap();
+            s
+        })
+        .collect()
 }
 
 #[test]
@@ -159,7 +211,7 @@ fn lvm_snapshots_exported_by_lio_boot_ipxe_clients() {
         .tempdir()
         .unwrap();
     let work = tmp.path();
-    let _dump = DumpOnPanic(work);
+    let _logs = Logs(work);
 
     // ---- 1. the guest -----------------------------------------------------------------
     let k = phase(
@@ -167,7 +219,6 @@ fn lvm_snapshots_exported_by_lio_boot_ipxe_clients() {
         kernel,
     );
     let iscsi_port = storage_support::free_port();
-    let ctl = Ctl::start();
     let initrd = work.join("initramfs.cpio");
     phase("initramfs", || {
         let ir = Initramfs::new(work, &k);
@@ -179,6 +230,7 @@ fn lvm_snapshots_exported_by_lio_boot_ipxe_clients() {
         ir.file("etc/pxesrv/storage.toml", config(iscsi_port).as_bytes());
         ir.dir("srv/pxesrv");
         ir.file("golden.bin", &marker_sector("GOLDEN"));
+        ir.file("thingolden.bin", &marker_sector("THIN-GOLDEN"));
         ir.pack(&initrd);
     });
     let pv = work.join("pv.img");
@@ -187,25 +239,34 @@ fn lvm_snapshots_exported_by_lio_boot_ipxe_clients() {
         .set_len(512 * MIB)
         .unwrap();
     let g = phase("guest boot (kernel, modules, network)", || {
-        Guest::boot(work, &k, &initrd, &pv, iscsi_port, ctl)
+        Guest::boot(work, "guest", &k, &initrd, &pv, iscsi_port, Ctl::start())
     });
 
-    let golden_sum = phase("guest: volume group and golden LV", || {
-        g.ok(&format!(
-            "set -e\npvcreate -ff -y /dev/vda\nvgcreate {VG} /dev/vda\n\
+    let golden_sums = phase(
+        "guest: volume group, golden LV, thin pool with a thin golden LV",
+        || {
+            g.ok(&format!(
+                "set -e\npvcreate -ff -y /dev/vda\nvgcreate {VG} /dev/vda\n\
              lvcreate -y -L 64M -n golden {VG}\n\
-             dd if=/golden.bin of=/dev/{VG}/golden bs=512 count=1 conv=fsync"
-        ));
-        assert!(guest_sector(&g, &format!("/dev/{VG}/golden")).contains("GOLDEN"));
-        golden_md5(&g)
-    });
+             dd if=/golden.bin of=/dev/{VG}/golden bs=512 count=1 conv=fsync\n\
+             lvcreate -y --type thin-pool -L 96M -n pool {VG}\n\
+             lvcreate -y -V 64M -T {VG}/pool -n thingolden\n\
+             dd if=/thingolden.bin of=/dev/{VG}/thingolden bs=512 count=1 conv=fsync"
+            ));
+            assert!(guest_sector(&g, &format!("/dev/{VG}/golden")).contains("GOLDEN"));
+            assert!(guest_sector(&g, &format!("/dev/{VG}/thingolden")).contains("THIN-GOLDEN"));
+            golden_md5(&g)
+        },
+    );
 
-    let (script_a, script_b) = phase("guest: pxesrv-storage image add, client attach", || {
+    let scripts = phase("guest: pxesrv-storage image add, client attach", || {
         let out = g.ok("pxesrv-storage image add golden --lv golden");
         assert!(out.contains("image golden registered"), "{out}");
-        for mac in [A, B] {
+        let out = g.ok("pxesrv-storage image add thin --lv thingolden");
+        assert!(out.contains("image thin registered"), "{out}");
+        for (mac, image) in [(A, "golden"), (B, "golden"), (C, "thin")] {
             let out = g.ok(&format!(
-                "pxesrv-storage client attach {mac} --image golden"
+                "pxesrv-storage client attach {mac} --image {image}"
             ));
             assert!(
                 out.contains(&format!("target {}", tgt_iqn(mac)))
@@ -214,20 +275,32 @@ fn lvm_snapshots_exported_by_lio_boot_ipxe_clients() {
             );
         }
         let list = g.ok(&format!(
-            "pxesrv-storage client list\nlvs -o lv_name,origin,lv_size {VG}\n\
+            "pxesrv-storage client list\nlvs -o lv_name,lv_attr,origin,pool_lv,lv_size {VG}\n\
              ls /sys/kernel/config/target/iscsi\n\
              ls /sys/kernel/config/target/iscsi/*/tpgt_1/acls /sys/kernel/config/target/core/iblock_0"
         ));
         say(&format!("guest state after attach:\n{list}"));
-        assert_eq!(
-            list.lines().filter(|l| l.contains(" ready ")).count(),
-            2,
-            "both clients ready:\n{list}"
-        );
-        let a = g.ok(&format!("cat /srv/pxesrv/static/{A}"));
-        let b = g.ok(&format!("cat /srv/pxesrv/static/{B}"));
-        say(&format!("static/{A} written in the guest:\n{a}"));
-        for (mac, s) in [(A, &a), (B, &b)] {
+        let lvs = g.ok(&format!(
+            "lvs --noheadings -o lv_name,origin,pool_lv --separator , {VG}"
+        ));
+        for (mac, origin, pool) in [
+            (A, "golden", ""),
+            (B, "golden", ""),
+            (C, "thingolden", "pool"),
+        ] {
+            let row = format!("pxc-{mac},{origin},{pool}");
+            assert!(
+                lvs.lines().any(|l| l.trim() == row),
+                "{mac}: a snapshot of {origin} (pool {pool:?}):\n{lvs}"
+            );
+        }
+        let clients = client_list(&g);
+        assert_eq!(clients.len(), 3, "{clients:?}");
+        assert!(clients.iter().all(|c| c.1 == "ready"), "{clients:?}");
+        let root = work.join("pxesrv-root");
+        let scripts = fetch_scripts(&g, &root, &[A, B, C]);
+        say(&format!("static/{A} written in the guest:\n{}", scripts[0]));
+        for (mac, s) in [A, B, C].iter().zip(&scripts) {
             assert!(
                 s.contains(&format!("set initiator-iqn {}\n", ini(mac))),
                 "{s}"
@@ -241,23 +314,26 @@ fn lvm_snapshots_exported_by_lio_boot_ipxe_clients() {
             );
         }
         say("GUEST-READY: images and clients set up, boot scripts read back");
-        (a, b)
+        scripts
     });
 
     // ---- 2. a real initiator on the host ----------------------------------------------
     phase(
         "host initiator: reads, writes and refusals through LIO",
         || {
-            let sector = iscsi_read(iscsi_port, &tgt_iqn(A), &ini(A), LUN, 512);
-            assert!(has_marker(&sector, "GOLDEN"), "A's fresh disk is golden");
-            let src = work.join("client-a.bin");
-            std::fs::write(&src, marker_sector("CLIENT-A")).unwrap();
-            iscsi_write_file(iscsi_port, &tgt_iqn(A), &ini(A), LUN, &src);
-            assert!(has_marker(
-                &iscsi_read(iscsi_port, &tgt_iqn(A), &ini(A), LUN, 512),
-                "CLIENT-A"
-            ));
-            for (target, who) in [(tgt_iqn(A), ini(B)), (tgt_iqn(B), ini(A))] {
+            assert!(
+                has_marker(
+                    &iscsi_read(iscsi_port, &tgt_iqn(A), &ini(A), LUN, 512),
+                    "GOLDEN"
+                ),
+                "A's fresh disk is golden"
+            );
+            write_marker(work, iscsi_port, A, "CLIENT-A");
+            for (target, who) in [
+                (tgt_iqn(A), ini(B)),
+                (tgt_iqn(B), ini(A)),
+                (tgt_iqn(A), ini(C)),
+            ] {
                 let out = qemu_io(iscsi_port, &target, &who, LUN, &["read 0 512"]);
                 let err = String::from_utf8_lossy(&out.stderr);
                 assert!(
@@ -271,31 +347,37 @@ fn lvm_snapshots_exported_by_lio_boot_ipxe_clients() {
                 &iscsi_read(iscsi_port, &tgt_iqn(B), &ini(B), LUN, 512),
                 "GOLDEN"
             ));
-            // The write went into A's snapshot, and nowhere else.
+            assert!(has_marker(
+                &iscsi_read(iscsi_port, &tgt_iqn(C), &ini(C), LUN, 512),
+                "THIN-GOLDEN"
+            ));
+            write_marker(work, iscsi_port, C, "CLIENT-C");
+            // The writes went into A's and C's snapshots, and nowhere else.
             assert!(guest_sector(&g, &format!("/dev/{VG}/pxc-{A}")).contains("CLIENT-A"));
             assert!(guest_sector(&g, &format!("/dev/{VG}/pxc-{B}")).contains("GOLDEN"));
-            assert_eq!(golden_md5(&g), golden_sum, "the golden LV changed");
+            assert!(guest_sector(&g, &format!("/dev/{VG}/pxc-{C}")).contains("CLIENT-C"));
+            assert_eq!(golden_md5(&g), golden_sums, "a golden LV changed");
+            let clients = client_list(&g);
+            say(&format!("client list after the writes: {clients:?}"));
         },
     );
 
     // ---- 3. the full chain: pxesrv, iPXE, sanboot through LIO -------------------------
     let root = work.join("pxesrv-root");
-    std::fs::create_dir_all(root.join("static")).unwrap();
-    std::fs::write(root.join("static").join(A), &script_a).unwrap();
-    std::fs::write(root.join("static").join(B), &script_b).unwrap();
     let (_srv, http_port) = start_pxesrv(&root, &work.join("pxesrv.log"));
 
     phase("iPXE clients sanboot their LVM snapshots", || {
         assert_boots(work, http_port, A, "a-1", "CLIENT-A");
         assert_boots(work, http_port, B, "b-1", "GOLDEN");
+        assert_boots(work, http_port, C, "c-1", "CLIENT-C");
     });
 
     phase("client reset A in the guest, A boots golden", || {
         let out = g.ok(&format!("pxesrv-storage client reset {A}"));
         assert!(out.contains("reset to its golden image"), "{out}");
         assert!(guest_sector(&g, &format!("/dev/{VG}/pxc-{A}")).contains("GOLDEN"));
-        let again = g.ok(&format!("cat /srv/pxesrv/static/{A}"));
-        assert_eq!(again, script_a, "the boot script stays the same");
+        let again = fetch_scripts(&g, &root, &[A]);
+        assert_eq!(again[0], scripts[0], "the boot script stays the same");
         assert_boots(work, http_port, A, "a-2", "GOLDEN");
     });
 
@@ -310,11 +392,67 @@ fn lvm_snapshots_exported_by_lio_boot_ipxe_clients() {
             !left.contains(B),
             "B's target, disk or entry is left:\n{left}"
         );
-        assert!(left.contains(A), "A is still there:\n{left}");
+        assert!(
+            left.contains(A) && left.contains(C),
+            "A and C are still there:\n{left}"
+        );
         let out = qemu_io(iscsi_port, &tgt_iqn(B), &ini(B), LUN, &["read 0 512"]);
         assert!(!out.status.success(), "B's target is gone");
-        assert_eq!(golden_md5(&g), golden_sum, "the golden LV changed");
+        assert_eq!(golden_md5(&g), golden_sums, "a golden LV changed");
     });
+
+    // ---- 4. a reboot of the storage server: restore -----------------------------------
+    let state = phase("write A again, note the state, crash the guest", || {
+        write_marker(work, iscsi_port, A, "CLIENT-A");
+        let state = g.ok("cat /var/lib/pxesrv-storage/state.json");
+        g.ok("sync");
+        state
+    });
+    drop(g);
+    let g = phase("guest boot again, same disk", || {
+        Guest::boot(work, "guest2", &k, &initrd, &pv, iscsi_port, Ctl::start())
+    });
+    phase(
+        "pxesrv-storage restore: activate, export, boot entries",
+        || {
+            // The state dir lives on the guest's tmpfs: put the saved one back, as a real
+            // server's /var/lib would have kept it. Nothing else survives: no active LV, no
+            // configfs entry, no boot tree.
+            g.ok(&format!(
+            "mkdir -p /var/lib/pxesrv-storage\ncat > /var/lib/pxesrv-storage/state.json <<'STATE_EOF'\n{state}STATE_EOF"
+        ));
+            let before = g.ok(&format!(
+                "vgchange -an {VG} >/dev/null 2>&1; lvs --noheadings -o lv_name,lv_attr {VG}"
+            ));
+            say(&format!("LVs after the reboot:\n{before}"));
+            let out = g.ok("pxesrv-storage restore");
+            say(&format!("restore:\n{out}"));
+            for mac in [A, C] {
+                assert!(
+                    out.contains(&format!("{mac}: exported {}", tgt_iqn(mac))),
+                    "{out}"
+                );
+                assert!(out.contains(&format!("{mac}: wrote boot entry")), "{out}");
+            }
+            let clients = client_list(&g);
+            assert_eq!(clients.len(), 2, "{clients:?}");
+            assert!(clients.iter().all(|c| c.1 == "ready"), "{clients:?}");
+            let again = g.ok("pxesrv-storage restore");
+            assert!(
+                again.contains("restore: 0 change(s)"),
+                "restore twice: {again}"
+            );
+            let after = fetch_scripts(&g, &root, &[A, C]);
+            assert_eq!(after[0], scripts[0]);
+            assert_eq!(after[1], scripts[2]);
+            assert_eq!(golden_md5(&g), golden_sums, "a golden LV changed");
+        },
+    );
+    phase("iPXE clients boot after the restore", || {
+        assert_boots(work, http_port, A, "a-3", "CLIENT-A");
+        assert_boots(work, http_port, C, "c-2", "CLIENT-C");
+    });
+    drop(g);
     say(&format!(
         "{test}: passed in {:.1}s",
         t_all.elapsed().as_secs_f64()

@@ -191,6 +191,8 @@ pub const MODULES: &[&str] = &[
     "crc32c_generic",
     "dm_mod",
     "dm_snapshot",
+    // Thin pools: the lvm backend takes thin snapshots of a thin golden LV.
+    "dm_thin_pool",
     "configfs",
     "target_core_mod",
     "target_core_iblock",
@@ -204,8 +206,10 @@ const LVM_COMMANDS: &[&str] = &[
 ];
 
 /// No udev in the guest: LVM makes its device nodes itself.
+/// No thin_check in the guest (thin-provisioning-tools): pools activate unchecked.
 const LVM_CONF: &str = "activation {\n  udev_sync = 0\n  udev_rules = 0\n  monitoring = 0\n}\n\
-devices {\n  obtain_device_list_from_udev = 0\n}\n";
+devices {\n  obtain_device_list_from_udev = 0\n}\n\
+global {\n  thin_check_executable = \"\"\n}\n";
 
 pub struct Initramfs {
     root: PathBuf,
@@ -469,13 +473,15 @@ impl Guest {
     /// 127.0.0.1:`iscsi_port`, and waits until its init polls `ctl`.
     pub fn boot(
         work: &Path,
+        name: &str,
         k: &Kernel,
         initrd: &Path,
         disk: &Path,
         iscsi_port: u16,
         ctl: Ctl,
     ) -> Guest {
-        let serial = work.join("guest-serial.log");
+        let serial = work.join(format!("{name}-serial.log"));
+        let qemu_err = work.join(format!("{name}-qemu.err"));
         let child = Command::new("qemu-system-x86_64")
             // Always TCG: under KVM nested here, Linux hangs in its decompressor.
             .args(["-accel", "tcg", "-m", "1024", "-smp", "2"])
@@ -500,7 +506,7 @@ impl Guest {
             .arg(format!("file:{}", serial.display()))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(std::fs::File::create(work.join("guest-qemu.err")).unwrap())
+            .stderr(std::fs::File::create(&qemu_err).unwrap())
             .spawn()
             .expect("start qemu-system-x86_64");
         let mut g = Guest {
@@ -516,7 +522,7 @@ impl Guest {
             if let Ok(Some(st)) = g.vm.0.try_wait() {
                 panic!(
                     "the guest exited ({st}) before it was up; qemu: {}\nserial:\n{}",
-                    std::fs::read_to_string(work.join("guest-qemu.err")).unwrap_or_default(),
+                    std::fs::read_to_string(&qemu_err).unwrap_or_default(),
                     g.serial_log()
                 );
             }
