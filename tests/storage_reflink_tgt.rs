@@ -162,6 +162,18 @@ fn isolation(kind: FsKind, test: &str) {
             .all(|c| c["state"] == "ready"),
         "{list}"
     );
+    // Space used is the client's own data: A wrote 64 KiB, B nothing.
+    let used = |mac: &str| {
+        list.as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["mac"] == mac)
+            .unwrap()["used"]
+            .as_u64()
+            .unwrap()
+    };
+    assert!((65536..=65536 + 4096 * 2).contains(&used(A)), "{list}");
+    assert_eq!(used(B), 0, "{list}");
 
     // Reset drops A's writes.
     w.s.ok(&["client", "reset", A]);

@@ -71,9 +71,12 @@ pub struct ClientInfo {
     pub disk: String,
     /// "ready", "not exported", "disk missing", "daemon down" ...
     pub state: String,
-    /// Bytes used by the client's disk (reflink: allocated, shared blocks included;
-    /// LVM: the snapshot's own data).
+    /// Bytes of the client's own data: reflink, the extents it does not share with the
+    /// golden image; LVM, the snapshot's data.
     pub used: Option<u64>,
+    /// Bytes the disk occupies as the filesystem counts them, shared blocks included
+    /// (reflink), or the snapshot's size (LVM).
+    pub allocated: Option<u64>,
 }
 
 /// What the boot hook did.
@@ -680,13 +683,13 @@ impl Engine {
                 },
                 _ => self.disk_exists(&c.disk).unwrap_or(false),
             };
-            let used = match (&self.disks, &c.disk, &lvs) {
-                (Disks::Reflink(r), d, _) => r.allocated(d),
-                (Disks::Lvm(_), DiskRef::Lv { lv, .. }, Some(list)) => list
-                    .iter()
-                    .find(|l| l.lv_name == lv.as_str())
-                    .map(|l| l.used()),
-                _ => None,
+            let (used, allocated) = match (&self.disks, &c.disk, &lvs) {
+                (Disks::Reflink(r), d, _) => (r.exclusive(&self.ex, d), r.allocated(d)),
+                (Disks::Lvm(_), DiskRef::Lv { lv, .. }, Some(list)) => {
+                    let l = list.iter().find(|l| l.lv_name == lv.as_str());
+                    (l.map(|l| l.used()), l.map(|l| l.lv_size))
+                }
+                _ => (None, None),
             };
             let state = match (&exported, disk_ok) {
                 (_, false) => "disk missing".to_string(),
@@ -703,6 +706,7 @@ impl Engine {
                 disk: c.disk.to_string(),
                 state,
                 used,
+                allocated,
             });
         }
         Ok(out)

@@ -129,6 +129,38 @@ impl Reflink {
             .ok()
             .map(|m| m.blocks() * 512)
     }
+
+    /// Bytes only this disk uses: its extents not shared with the golden image (or any
+    /// other clone), from `filefrag -v` (FIEMAP's shared flag).
+    pub fn exclusive(&self, ex: &Exec, disk: &DiskRef) -> Option<u64> {
+        let out = ex
+            .query(&Argv::new("filefrag").args(["-v", "--"]).arg(disk.device()))
+            .ok()?;
+        parse_filefrag_exclusive(&out.stdout)
+    }
+}
+
+/// Sums the lengths of the extents without the `shared` flag, times the block size.
+pub fn parse_filefrag_exclusive(out: &str) -> Option<u64> {
+    let block: u64 = out
+        .lines()
+        .find_map(|l| l.split_once(" blocks of ").map(|(_, b)| b))
+        .and_then(|b| b.split_whitespace().next())
+        .and_then(|b| b.parse().ok())?;
+    let mut blocks = 0u64;
+    for line in out.lines() {
+        let cols: Vec<&str> = line.split(':').collect();
+        // " 1:  10..  12:  2082..  2084:  3:  34:" -> index, logical, physical, length, ...
+        if cols.len() < 4 || cols[0].trim().parse::<u64>().is_err() {
+            continue;
+        }
+        let len: u64 = cols[3].trim().parse().ok()?;
+        let flags = cols.last().copied().unwrap_or("");
+        if !flags.split(',').any(|f| f.trim() == "shared") {
+            blocks += len;
+        }
+    }
+    Some(blocks * block)
 }
 
 fn map_cp_error(dir: &Path, src: &Path, e: ProcessError) -> StorageError {
@@ -184,6 +216,20 @@ mod tests {
                 ),
             ]
         );
+    }
+
+    #[test]
+    fn exclusive_bytes_from_filefrag() {
+        let out = "Filesystem type is: 58465342
+File size of /m/c is 8388608 (2048 blocks of 4096 bytes)
+ ext:     logical_offset:        physical_offset: length:   expected: flags:
+   0:        0..       9:         24..        33:     10:             shared
+   1:       10..      12:       2082..      2084:      3:         34:
+   2:       13..    2047:         37..      2071:   2035:       2085: last,shared,eof
+/m/c: 3 extents found
+";
+        assert_eq!(parse_filefrag_exclusive(out), Some(3 * 4096));
+        assert_eq!(parse_filefrag_exclusive("garbage"), None);
     }
 
     #[test]
