@@ -1,24 +1,32 @@
 //! The `lvm` disk backend and the `lio` target backend, for real: in a QEMU (TCG) guest
 //! with a Debian kernel (this host has neither device-mapper nor configfs), driven by the
-//! real `pxesrv-storage` binary inside the guest.
+//! real `pxesrv-storage` binary inside the guest. The guest's init (tests/guest/init) runs
+//! the shell steps this test sends it over HTTP and posts their output back.
 //!
-//! 1. The guest gets a volume group on /dev/vda and a 64 MiB golden LV whose first sector
-//!    prints GOLDEN and exits QEMU with status 33. `pxesrv-storage` registers it (`image add
-//!    --lv`) and attaches clients A and B (LVM snapshots exported by LIO through configfs);
-//!    their boot scripts (`static/MAC`) come back to the host.
+//! 1. The guest gets a volume group on /dev/vda, a 64 MiB golden LV whose first sector
+//!    prints GOLDEN and exits QEMU with status 33, and a thin pool with a thin golden LV
+//!    (THIN-GOLDEN). `pxesrv-storage` registers both (`image add --lv`) and attaches
+//!    clients A, B (classic snapshots), C (thin snapshot) and D (with CHAP); LIO exports
+//!    each through configfs. Their boot scripts (`static/MAC`) come back to the host.
 //! 2. From the host, a real initiator (qemu-io's libiscsi driver, through QEMU's port
-//!    forward) logs in as A: reads GOLDEN, writes CLIENT-A. B's initiator name is refused on
-//!    A's target (and A's on B's); B reads GOLDEN; the guest confirms that CLIENT-A is in
-//!    A's snapshot and that the golden LV is byte for byte what it was.
-//! 3. The real `pxesrv` serves the scripts the guest wrote; iPXE client VMs with A's and B's
-//!    MACs sanboot through the guest's LIO target: A shows CLIENT-A, B shows GOLDEN. After
-//!    `pxesrv-storage client reset A` in the guest, A shows GOLDEN again; after `client
-//!    detach B`, B's target, snapshot and boot entry are gone.
+//!    forward) logs in as A: reads GOLDEN, writes CLIENT-A. Other initiator names are
+//!    refused by the ACLs; D needs its CHAP secret; the guest confirms each write is in
+//!    that client's snapshot only and the golden LVs are byte for byte unchanged.
+//! 3. The real `pxesrv` serves the scripts the guest wrote; iPXE client VMs with the
+//!    clients' MACs sanboot through the guest's LIO target: A shows CLIENT-A, B GOLDEN,
+//!    C CLIENT-C, D (CHAP) GOLDEN. After `client reset A`, A shows GOLDEN again; `client
+//!    detach B` removes B's LV, target, backstore, boot entry and state.
+//! 4. A dry run changes nothing; an injected failure half-way is rolled back in LVM and
+//!    configfs; a run killed half-way is finished by the next one.
+//! 5. The storage guest is killed and booted again on the same disk with only its state
+//!    file: `restore` activates the snapshots, exports them and writes the boot entries;
+//!    A and C boot their own data again, D still needs CHAP.
 //!
 //! Runs only with PXESRV_E2E=1 (it downloads a kernel once and takes about two minutes);
 //! then a missing tool is a failure. Needs qemu-system-x86_64 (with ipxe-qemu), qemu-io
-//! (qemu-utils with libiscsi), busybox, lvm2, apt-get and dpkg-deb. The kernel is cached in
-//! target/e2e-kernel/.
+//! (qemu-utils, qemu-block-extra for libiscsi), busybox, lvm2, apt-get and dpkg-deb; see
+//! .ci/guest-deps. The kernel is cached in target/e2e-kernel/, the logs of the last run
+//! are kept in target/tmp/storage_guest-logs/.
 
 mod guest;
 mod storage_support;
@@ -34,6 +42,10 @@ const MIB: u64 = 1 << 20;
 const A: &str = "52-54-00-12-34-0a";
 const B: &str = "52-54-00-12-34-0b";
 const C: &str = "52-54-00-12-34-0c";
+/// Attached with CHAP.
+const D: &str = "52-54-00-12-34-0d";
+/// Only ever half-attached: dry run and injected faults.
+const E: &str = "52-54-00-12-34-0e";
 const VG: &str = "pxevg";
 const LUN: u32 = 0;
 
@@ -166,6 +178,36 @@ fn write_marker(work: &Path, port: u16, mac: &str, marker: &str) {
     ));
 }
 
+/// CHAP user and secret from a boot script.
+fn chap_of(script: &str) -> (String, String) {
+    let get = |key: &str| {
+        script
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("set {key} ")))
+            .unwrap_or_else(|| panic!("no {key} in:\n{script}"))
+            .to_string()
+    };
+    (get("username"), get("password"))
+}
+
+/// Whatever exists of client `mac` in the guest: LV, configfs target and backstore, boot
+/// entry, state. Empty if nothing.
+fn traces_of(g: &Guest, mac: &str) -> String {
+    let (_, out) = g.sh(&format!(
+        "lvs --noheadings -o lv_name {VG}\nls /sys/kernel/config/target/iscsi \
+         /sys/kernel/config/target/core/iblock_0 /srv/pxesrv/static\n\
+         cat /var/lib/pxesrv-storage/state.json"
+    ));
+    // Each listing worked (an empty answer must not pass for "nothing left").
+    for known in ["thingolden", "lio_version", "\"clients\""] {
+        assert!(out.contains(known), "no {known} in:\n{out}");
+    }
+    out.lines()
+        .filter(|l| l.contains(mac))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 /// The boot entries the guest wrote, copied into the host's pxesrv tree.
 fn fetch_scripts(g: &Guest, root: &Path, macs: &[&str]) -> Vec<String> {
     std::fs::create_dir_all(root.join("static")).unwrap();
@@ -264,9 +306,14 @@ fn lvm_snapshots_exported_by_lio_boot_ipxe_clients() {
         assert!(out.contains("image golden registered"), "{out}");
         let out = g.ok("pxesrv-storage image add thin --lv thingolden");
         assert!(out.contains("image thin registered"), "{out}");
-        for (mac, image) in [(A, "golden"), (B, "golden"), (C, "thin")] {
+        for (mac, image, opt) in [
+            (A, "golden", ""),
+            (B, "golden", ""),
+            (C, "thin", ""),
+            (D, "golden", "--chap"),
+        ] {
             let out = g.ok(&format!(
-                "pxesrv-storage client attach {mac} --image {image}"
+                "pxesrv-storage client attach {mac} --image {image} {opt}"
             ));
             assert!(
                 out.contains(&format!("target {}", tgt_iqn(mac)))
@@ -287,6 +334,7 @@ fn lvm_snapshots_exported_by_lio_boot_ipxe_clients() {
             (A, "golden", ""),
             (B, "golden", ""),
             (C, "thingolden", "pool"),
+            (D, "golden", ""),
         ] {
             let row = format!("pxc-{mac},{origin},{pool}");
             assert!(
@@ -295,12 +343,12 @@ fn lvm_snapshots_exported_by_lio_boot_ipxe_clients() {
             );
         }
         let clients = client_list(&g);
-        assert_eq!(clients.len(), 3, "{clients:?}");
+        assert_eq!(clients.len(), 4, "{clients:?}");
         assert!(clients.iter().all(|c| c.1 == "ready"), "{clients:?}");
         let root = work.join("pxesrv-root");
-        let scripts = fetch_scripts(&g, &root, &[A, B, C]);
+        let scripts = fetch_scripts(&g, &root, &[A, B, C, D]);
         say(&format!("static/{A} written in the guest:\n{}", scripts[0]));
-        for (mac, s) in [A, B, C].iter().zip(&scripts) {
+        for (mac, s) in [A, B, C, D].iter().zip(&scripts) {
             assert!(
                 s.contains(&format!("set initiator-iqn {}\n", ini(mac))),
                 "{s}"
@@ -313,6 +361,10 @@ fn lvm_snapshots_exported_by_lio_boot_ipxe_clients() {
                 "{s}"
             );
         }
+        let (user, secret) = chap_of(&scripts[3]);
+        assert_eq!(user, format!("pxc-{D}"));
+        assert!(secret.len() >= 12, "{secret}");
+        assert!(!scripts[0].contains("set username"), "{}", scripts[0]);
         say("GUEST-READY: images and clients set up, boot scripts read back");
         scripts
     });
@@ -333,16 +385,38 @@ fn lvm_snapshots_exported_by_lio_boot_ipxe_clients() {
                 (tgt_iqn(A), ini(B)),
                 (tgt_iqn(B), ini(A)),
                 (tgt_iqn(A), ini(C)),
+                (tgt_iqn(D), ini(A)),
             ] {
                 let out = qemu_io(iscsi_port, &target, &who, LUN, &["read 0 512"]);
                 let err = String::from_utf8_lossy(&out.stderr);
                 assert!(
-                    !out.status.success(),
-                    "{who} must not open {target}: {}",
+                    !out.status.success() && err.contains("Authorization failure"),
+                    "{who} must not open {target} (the ACL refuses it): {}{err}",
                     String::from_utf8_lossy(&out.stdout)
                 );
                 say(&format!("{who} on {target} refused: {}", err.trim()));
             }
+            // D needs CHAP: its own name alone, or a wrong secret, does not get in.
+            let (user, secret) = chap_of(&scripts[3]);
+            for chap in [None, Some((user.as_str(), "wrong-secret-123"))] {
+                let out =
+                    qemu_io_chap(iscsi_port, &tgt_iqn(D), &ini(D), LUN, chap, &["read 0 512"]);
+                let err = String::from_utf8_lossy(&out.stderr);
+                assert!(
+                    !out.status.success(),
+                    "D without its secret got in: {chap:?}"
+                );
+                say(&format!("D with CHAP {chap:?} refused: {}", err.trim()));
+            }
+            let sector = iscsi_read_chap(
+                iscsi_port,
+                &tgt_iqn(D),
+                &ini(D),
+                LUN,
+                Some((&user, &secret)),
+                512,
+            );
+            assert!(has_marker(&sector, "GOLDEN"), "D with its CHAP secret");
             assert!(has_marker(
                 &iscsi_read(iscsi_port, &tgt_iqn(B), &ini(B), LUN, 512),
                 "GOLDEN"
@@ -370,6 +444,8 @@ fn lvm_snapshots_exported_by_lio_boot_ipxe_clients() {
         assert_boots(work, http_port, A, "a-1", "CLIENT-A");
         assert_boots(work, http_port, B, "b-1", "GOLDEN");
         assert_boots(work, http_port, C, "c-1", "CLIENT-C");
+        // With the CHAP user and secret from its boot script.
+        assert_boots(work, http_port, D, "d-1", "GOLDEN");
     });
 
     phase("client reset A in the guest, A boots golden", || {
@@ -383,23 +459,63 @@ fn lvm_snapshots_exported_by_lio_boot_ipxe_clients() {
 
     phase("client detach B in the guest", || {
         g.ok(&format!("pxesrv-storage client detach {B}"));
-        let (_, left) = g.sh(&format!(
-            "ls /sys/kernel/config/target/iscsi /sys/kernel/config/target/core/iblock_0 \
-             /srv/pxesrv/static\nlvs --noheadings -o lv_name {VG}"
-        ));
-        say(&format!("guest after detach of B:\n{left}"));
+        let left = traces_of(&g, B);
         assert!(
-            !left.contains(B),
-            "B's target, disk or entry is left:\n{left}"
+            left.is_empty(),
+            "B's LV, target, entry or state is left:\n{left}"
         );
-        assert!(
-            left.contains(A) && left.contains(C),
-            "A and C are still there:\n{left}"
-        );
+        for mac in [A, C, D] {
+            assert!(!traces_of(&g, mac).is_empty(), "{mac} is still there");
+        }
         let out = qemu_io(iscsi_port, &tgt_iqn(B), &ini(B), LUN, &["read 0 512"]);
         assert!(!out.status.success(), "B's target is gone");
         assert_eq!(golden_md5(&g), golden_sums, "a golden LV changed");
     });
+
+    phase(
+        "dry run and injected faults leave nothing in LVM or configfs",
+        || {
+            let out = g.ok(&format!(
+                "pxesrv-storage --dry-run client attach {E} --image golden"
+            ));
+            assert!(
+                out.contains(&format!(
+                    "lvcreate -y -s -L 67108864b -n pxc-{E} -- {VG}/golden"
+                )) && out.contains(&format!(
+                    "mkdir /sys/kernel/config/target/iscsi/{}/tpgt_1",
+                    tgt_iqn(E)
+                )),
+                "the plan: {out}"
+            );
+            let left = traces_of(&g, E);
+            assert!(left.is_empty(), "dry run changed something:\n{left}");
+            // A failure half-way (after the snapshot, backstore, target, LUN, portal and ACL
+            // exist in configfs) is rolled back by the same run.
+            let (rc, out) = g.sh(&format!(
+                "PXESRV_STORAGE_FAULT=fail:enable pxesrv-storage client attach {E} --image golden"
+            ));
+            assert!(rc != 0 && out.contains("fault injected"), "{rc}: {out}");
+            let left = traces_of(&g, E);
+            assert!(left.is_empty(), "rollback left:\n{left}");
+            // A run killed half-way leaves pieces; the next run finishes the job.
+            let (rc, out) = g.sh(&format!(
+                "PXESRV_STORAGE_FAULT=after:acl pxesrv-storage client attach {E} --image golden"
+            ));
+            assert_eq!(rc, 86, "{out}");
+            assert!(!traces_of(&g, E).is_empty(), "the killed run left nothing?");
+            let out = g.ok("pxesrv-storage client list");
+            assert!(out.contains("interrupted"), "{out}");
+            g.ok(&format!("pxesrv-storage client attach {E} --image golden"));
+            assert!(has_marker(
+                &iscsi_read(iscsi_port, &tgt_iqn(E), &ini(E), LUN, 512),
+                "GOLDEN"
+            ));
+            g.ok(&format!("pxesrv-storage client detach {E}"));
+            let left = traces_of(&g, E);
+            assert!(left.is_empty(), "detach left:\n{left}");
+            assert_eq!(golden_md5(&g), golden_sums, "a golden LV changed");
+        },
+    );
 
     // ---- 4. a reboot of the storage server: restore -----------------------------------
     let state = phase("write A again, note the state, crash the guest", || {
@@ -427,7 +543,7 @@ fn lvm_snapshots_exported_by_lio_boot_ipxe_clients() {
             say(&format!("LVs after the reboot:\n{before}"));
             let out = g.ok("pxesrv-storage restore");
             say(&format!("restore:\n{out}"));
-            for mac in [A, C] {
+            for mac in [A, C, D] {
                 assert!(
                     out.contains(&format!("{mac}: exported {}", tgt_iqn(mac))),
                     "{out}"
@@ -435,22 +551,38 @@ fn lvm_snapshots_exported_by_lio_boot_ipxe_clients() {
                 assert!(out.contains(&format!("{mac}: wrote boot entry")), "{out}");
             }
             let clients = client_list(&g);
-            assert_eq!(clients.len(), 2, "{clients:?}");
+            assert_eq!(clients.len(), 3, "{clients:?}");
             assert!(clients.iter().all(|c| c.1 == "ready"), "{clients:?}");
             let again = g.ok("pxesrv-storage restore");
             assert!(
                 again.contains("restore: 0 change(s)"),
                 "restore twice: {again}"
             );
-            let after = fetch_scripts(&g, &root, &[A, C]);
+            let after = fetch_scripts(&g, &root, &[A, C, D]);
             assert_eq!(after[0], scripts[0]);
             assert_eq!(after[1], scripts[2]);
+            assert_eq!(after[2], scripts[3], "D keeps its CHAP secret");
             assert_eq!(golden_md5(&g), golden_sums, "a golden LV changed");
         },
     );
     phase("iPXE clients boot after the restore", || {
         assert_boots(work, http_port, A, "a-3", "CLIENT-A");
         assert_boots(work, http_port, C, "c-2", "CLIENT-C");
+        let (user, secret) = chap_of(&scripts[3]);
+        let sector = iscsi_read_chap(
+            iscsi_port,
+            &tgt_iqn(D),
+            &ini(D),
+            LUN,
+            Some((&user, &secret)),
+            512,
+        );
+        assert!(
+            has_marker(&sector, "GOLDEN"),
+            "D with CHAP after the restore"
+        );
+        let out = qemu_io(iscsi_port, &tgt_iqn(D), &ini(D), LUN, &["read 0 512"]);
+        assert!(!out.status.success(), "D without CHAP after the restore");
     });
     drop(g);
     say(&format!(

@@ -570,10 +570,28 @@ pub fn qemu_io(
     lun: u32,
     cmds: &[&str],
 ) -> std::process::Output {
+    qemu_io_chap(port, target, initiator, lun, None, cmds)
+}
+
+/// `qemu_io` with CHAP credentials (user, secret).
+pub fn qemu_io_chap(
+    port: u16,
+    target: &str,
+    initiator: &str,
+    lun: u32,
+    chap: Option<(&str, &str)>,
+    cmds: &[&str],
+) -> std::process::Output {
     let mut c = Command::new("qemu-io");
-    c.arg("--image-opts").arg(format!(
+    let mut opts = format!(
         "driver=iscsi,transport=tcp,portal=127.0.0.1:{port},target={target},lun={lun},initiator-name={initiator}"
-    ));
+    );
+    if let Some((user, secret)) = chap {
+        c.arg("--object")
+            .arg(format!("secret,id=chap0,data={secret}"));
+        opts.push_str(&format!(",user={user},password-secret=chap0"));
+    }
+    c.arg("--image-opts").arg(opts);
     for x in cmds {
         c.arg("-c").arg(x);
     }
@@ -582,7 +600,26 @@ pub fn qemu_io(
 
 /// The first `len` bytes (a multiple of 16) of the LUN.
 pub fn iscsi_read(port: u16, target: &str, initiator: &str, lun: u32, len: usize) -> Vec<u8> {
-    let out = qemu_io(port, target, initiator, lun, &[&format!("read -v 0 {len}")]);
+    iscsi_read_chap(port, target, initiator, lun, None, len)
+}
+
+/// `iscsi_read` with CHAP credentials (user, secret).
+pub fn iscsi_read_chap(
+    port: u16,
+    target: &str,
+    initiator: &str,
+    lun: u32,
+    chap: Option<(&str, &str)>,
+    len: usize,
+) -> Vec<u8> {
+    let out = qemu_io_chap(
+        port,
+        target,
+        initiator,
+        lun,
+        chap,
+        &[&format!("read -v 0 {len}")],
+    );
     assert!(
         out.status.success(),
         "qemu-io read as {initiator} from {target}: {}{}",
