@@ -388,7 +388,11 @@ impl Ctl {
         let (m, cv) = &*self.state;
         let mut g = m.lock().unwrap();
         let n = g.scripts.len();
-        g.scripts.push(script.to_string());
+        let mut script = script.to_string();
+        if !script.ends_with('\n') {
+            script.push('\n');
+        }
+        g.scripts.push(script);
         cv.notify_all();
         let (mut g, _) = cv
             .wait_timeout_while(g, timeout, |s| !s.results.contains_key(&n))
