@@ -448,9 +448,46 @@ fn lvm_snapshots_exported_by_lio_boot_ipxe_clients() {
         assert_boots(work, http_port, D, "d-1", "GOLDEN");
     });
 
-    phase("client reset A in the guest, A boots golden", || {
+    phase("client reset A in the guest while A is logged in", || {
+        // An initiator holds a session on A's target (as a client that just rebooted
+        // would): the reset must drop it, not fail on the busy configfs groups or LV.
+        let holder = Proc(
+            std::process::Command::new("qemu-io")
+                .arg("--image-opts")
+                .arg(format!(
+                    "driver=iscsi,transport=tcp,portal=127.0.0.1:{iscsi_port},target={},lun={LUN},initiator-name={}",
+                    tgt_iqn(A),
+                    ini(A)
+                ))
+                .args(["-c", "read 0 512", "-c", "sleep 20000"])
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("qemu-io"),
+        );
+        let info = format!(
+            "cat /sys/kernel/config/target/iscsi/{}/tpgt_1/acls/{}/info",
+            tgt_iqn(A),
+            ini(A)
+        );
+        let t0 = Instant::now();
+        loop {
+            let out = g.ok(&info);
+            if out.contains("TARG_SESS_STATE_LOGGED_IN") {
+                say(&format!("A's live session before the reset:\n{out}"));
+                break;
+            }
+            assert!(
+                t0.elapsed().as_secs() < 20,
+                "no session of A in the guest:\n{out}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(300));
+        }
         let out = g.ok(&format!("pxesrv-storage client reset {A}"));
         assert!(out.contains("reset to its golden image"), "{out}");
+        drop(holder);
+        say(&format!("A's ACL after the reset:\n{}", g.ok(&info)));
         assert!(guest_sector(&g, &format!("/dev/{VG}/pxc-{A}")).contains("GOLDEN"));
         let again = fetch_scripts(&g, &root, &[A]);
         assert_eq!(again[0], scripts[0], "the boot script stays the same");
