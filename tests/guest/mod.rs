@@ -127,6 +127,12 @@ pub fn kernel() -> Kernel {
         std::fs::write(tmp.join(".ready"), &pkg).unwrap();
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::rename(&tmp, &dir).unwrap();
+        // Older kernels are not needed any more (about 400 MB each).
+        for old in std::fs::read_dir(&cache).unwrap().filter_map(|e| e.ok()) {
+            if old.path() != dir {
+                let _ = std::fs::remove_dir_all(old.path());
+            }
+        }
     }
     let version = only_child(&dir.join("lib/modules"));
     Kernel {
@@ -146,8 +152,21 @@ fn only_child(dir: &Path) -> String {
 }
 
 /// The modules (paths relative to the module dir) needed for `names`, dependencies first.
+/// Names built into the kernel need nothing.
 pub fn module_closure(moddir: &Path, names: &[&str]) -> Vec<String> {
     let dep = std::fs::read_to_string(moddir.join("modules.dep")).unwrap();
+    let builtin: Vec<String> = std::fs::read_to_string(moddir.join("modules.builtin"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| Path::new(l).file_name())
+        .map(|f| {
+            f.to_string_lossy()
+                .split(".ko")
+                .next()
+                .unwrap()
+                .replace('-', "_")
+        })
+        .collect();
     let mut deps: HashMap<String, Vec<String>> = HashMap::new();
     let mut by_name: HashMap<String, String> = HashMap::new();
     for line in dep.lines() {
@@ -173,6 +192,9 @@ pub fn module_closure(moddir: &Path, names: &[&str]) -> Vec<String> {
     }
     let mut out = Vec::new();
     for n in names {
+        if builtin.iter().any(|b| *b == n.replace('-', "_")) {
+            continue;
+        }
         let p = by_name
             .get(&n.replace('-', "_"))
             .unwrap_or_else(|| panic!("module {n} is not in this kernel"));
