@@ -79,13 +79,17 @@ restored=$(tgtadm -C $CTL --lld iscsi --op show --mode target | grep -c '^Target
 t4=$(date +%s.%N)
 "$BIN" restore | tail -1
 t5=$(date +%s.%N)
-"$BIN" client list | head -3
+t6=$(date +%s.%N)
+"$BIN" client list >"$W/list.txt"
+t7=$(date +%s.%N)
+head -3 "$W/list.txt"
 
 awk -v n="$N" -v a="$t0" -v b="$t1" -v c="$t2" -v d="$t3" -v e="$t4" -v f="$t5" \
-    -v u0="$used0" -v u1="$used1" -v g="$GOLDEN_MIB" -v tg="$targets" -v en="$entries" -v rs="$restored" 'BEGIN {
+    -v g0="$t6" -v g1="$t7" -v u0="$used0" -v u1="$used1" -v g="$GOLDEN_MIB" -v tg="$targets" -v en="$entries" -v rs="$restored" 'BEGIN {
   printf "golden image: %d MiB of random data on loop-mounted xfs (reflink=1)\n", g
   printf "attach %d clients: %.2f s total, %.1f ms per client (%d targets, %d boot entries)\n", n, b-a, (b-a)*1000/n, tg, en
   printf "restore %d exports into an empty tgtd: %.2f s total, %.1f ms per client (%d targets)\n", n, d-c, (d-c)*1000/n, rs
   printf "restore again (nothing to do): %.2f s\n", f-e
+  printf "client list (%d clients, with space used): %.2f s\n", n, g1-g0
   printf "space: %.1f MiB used before attach, %.1f MiB after (+%.1f MiB for %d clients, %.1f KiB each)\n", u0/1048576, u1/1048576, (u1-u0)/1048576, n, (u1-u0)/1024/n
 }'
