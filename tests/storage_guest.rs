@@ -247,6 +247,20 @@ fn lvm_snapshots_exported_by_lio_boot_ipxe_clients() {
             || Path::new("/usr/share/qemu/efi-virtio.rom").exists(),
         "{test}: PXESRV_E2E=1 but the iPXE ROM for QEMU (ipxe-qemu) is missing"
     );
+    // qemu-io's iSCSI driver is a module of qemu-block-extra (only recommended by
+    // qemu-utils): probe it against a closed loopback port.
+    let probe = qemu_io(
+        1,
+        "iqn.2024-01.test.pxesrv:probe",
+        "iqn.2024-01.test.pxesrv:probe",
+        0,
+        &["read 0 512"],
+    );
+    let err = String::from_utf8_lossy(&probe.stderr);
+    assert!(
+        !err.contains("Unknown driver"),
+        "{test}: PXESRV_E2E=1 but qemu-io has no iscsi driver (install qemu-block-extra): {err}"
+    );
     let t_all = Instant::now();
     let tmp = tempfile::Builder::new()
         .prefix("pxesrv-guest-")
