@@ -10,7 +10,6 @@
 //! - `Guest`: the VM, killed on drop. Its init fetches shell scripts from `Ctl`, a tiny
 //!   HTTP server of the test on 127.0.0.1 (10.0.2.2 in the guest), runs them and posts
 //!   their output and exit status back, so the host test drives every step.
-#![allow(dead_code)]
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
