@@ -407,14 +407,31 @@ pub fn qemu_io(port: u16, target: &str, initiator: &str, cmds: &[&str]) -> Outpu
     run(&mut c)
 }
 
-/// Reads `len` bytes at `off` through iSCSI.
+/// Reads `len` bytes at `off` through iSCSI (LUN 1, tgt).
 pub fn iscsi_read(port: u16, target: &str, initiator: &str, off: u64, len: usize) -> Vec<u8> {
-    let out = qemu_io(port, target, initiator, &[&format!("read -v {off} {len}")]);
-    assert!(
-        out.status.success(),
-        "qemu-io read as {initiator} from {target}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    iscsi_read_lun(port, target, initiator, 1, off, len).expect("qemu-io read")
+}
+
+/// Reads `len` bytes at `off` of `lun` through iSCSI; Err(stderr) if the login or read fails.
+pub fn iscsi_read_lun(
+    port: u16,
+    target: &str,
+    initiator: &str,
+    lun: u32,
+    off: u64,
+    len: usize,
+) -> Result<Vec<u8>, String> {
+    let out = run(Command::new("qemu-io")
+        .arg("--image-opts")
+        .arg(image_opts(port, target, initiator, lun))
+        .arg("-c")
+        .arg(format!("read -v {off} {len}")));
+    if !out.status.success() {
+        return Err(format!(
+            "qemu-io read as {initiator} from {target}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
     let mut bytes = Vec::new();
     for line in String::from_utf8_lossy(&out.stdout).lines() {
         let Some((addr, rest)) = line.split_once(":  ") else {
@@ -430,8 +447,14 @@ pub fn iscsi_read(port: u16, target: &str, initiator: &str, off: u64, len: usize
             }
         }
     }
-    assert_eq!(bytes.len(), len, "parsed qemu-io dump");
-    bytes
+    if bytes.len() != len {
+        return Err(format!(
+            "parsed {} of {len} bytes from the qemu-io dump:\n{}",
+            bytes.len(),
+            String::from_utf8_lossy(&out.stdout)
+        ));
+    }
+    Ok(bytes)
 }
 
 /// Writes the contents of `src` at offset 0 through iSCSI.
