@@ -221,6 +221,10 @@ fn fetch_scripts(g: &Guest, root: &Path, macs: &[&str]) -> Vec<String> {
 }
 
 #[test]
+#[cfg_attr(
+    not(pxesrv_e2e),
+    ignore = "end-to-end: LVM and LIO in a QEMU guest; run with PXESRV_E2E=1 cargo test --test storage_guest"
+)]
 fn lvm_snapshots_exported_by_lio_boot_ipxe_clients() {
     let test = "lvm_snapshots_exported_by_lio_boot_ipxe_clients";
     if !storage_support::e2e_required() {
