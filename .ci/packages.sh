@@ -96,6 +96,7 @@ DEB=$(echo "$TMP"/pxesrv_*.deb)
 dpkg-deb -c "$DEB" >"$TMP/deb-contents"
 for f in ./usr/bin/pxesrv ./usr/bin/pxesrv-storage ./lib/systemd/system/pxesrv.service \
     ./lib/systemd/system/pxesrv-storage-restore.service ./etc/default/pxesrv \
+    ./lib/systemd/system/pxesrv-storage-hook.socket ./lib/systemd/system/pxesrv-storage-hook@.service \
     ./usr/share/man/man1/pxesrv.1.gz ./usr/share/man/man1/pxesrv-storage.1.gz \
     ./usr/share/pxesrv/examples/public/default ./usr/share/doc/pxesrv/examples; do
     check "deb contains $f" grep -q " $f\( \|$\)" "$TMP/deb-contents"
@@ -122,6 +123,7 @@ RPM=$(echo "$TMP"/rpmbuild/RPMS/*/pxesrv-*.rpm)
 rpm -qlp "$RPM" >"$TMP/rpm-contents"
 for f in /usr/bin/pxesrv /usr/bin/pxesrv-storage /usr/lib/systemd/system/pxesrv.service \
     /usr/lib/systemd/system/pxesrv-storage-restore.service /etc/sysconfig/pxesrv \
+    /usr/lib/systemd/system/pxesrv-storage-hook.socket /usr/lib/systemd/system/pxesrv-storage-hook@.service \
     /usr/lib/sysusers.d/pxesrv.conf /usr/share/man/man1/pxesrv.1 \
     /usr/share/pxesrv/examples/public/default /usr/share/doc/pxesrv/examples; do
     check "rpm -qlp lists $f" grep -qx "$f" "$TMP/rpm-contents"
@@ -157,7 +159,8 @@ UNIT=/lib/systemd/system/pxesrv.service
 man_opt=--man=yes
 [ -f /usr/share/man/man1/pxesrv.1.gz ] || man_opt=--man=no
 check "systemd-analyze verify ($man_opt) on the installed units" \
-    systemd-analyze verify "$man_opt" "$UNIT" /lib/systemd/system/pxesrv-storage-restore.service
+    systemd-analyze verify "$man_opt" "$UNIT" /lib/systemd/system/pxesrv-storage-restore.service \
+    /lib/systemd/system/pxesrv-storage-hook.socket
 score=$(systemd-analyze security --offline=true "$UNIT" 2>/dev/null |
     sed -n 's/.*Overall exposure level for pxesrv.service: \([0-9.]*\).*/\1/p')
 check "systemd-analyze security pxesrv.service: exposure $score (must be <= 2.0)" \

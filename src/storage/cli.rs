@@ -51,8 +51,20 @@ pub enum Command {
     ///
     /// Reads PXESRV_CLIENT_MAC (aa-bb-cc-dd-ee-ff, or empty). Exits 0 at once for anyone
     /// who is not a reset-on-boot client; otherwise drops the client's session and writes,
-    /// makes a fresh copy of its golden image and exports it again.
-    Hook,
+    /// makes a fresh copy of its golden image and exports it again. Needs root; an
+    /// unprivileged pxesrv uses --socket instead.
+    Hook {
+        /// Ask the root hook service on this socket (pxesrv-storage-hook.socket) instead of
+        /// doing the work here; no configuration is read.
+        #[arg(long, env = "PXESRV_STORAGE_HOOK_SOCKET")]
+        socket: Option<PathBuf>,
+        /// Seconds to wait for the hook service's answer.
+        #[arg(long, default_value_t = 60)]
+        timeout: u64,
+    },
+    /// The root side of `hook --socket`: one request on stdin, the answer on stdout
+    /// (started by pxesrv-storage-hook@.service for each connection).
+    HookServe,
 }
 
 #[derive(Debug, Subcommand)]
@@ -131,6 +143,16 @@ fn io(e: std::io::Error) -> StorageError {
 
 /// Runs one invocation; what it reports goes to `out`.
 pub fn run(cli: Cli, out: &mut dyn Write) -> Result<(), StorageError> {
+    if let Command::Hook {
+        socket: Some(socket),
+        timeout,
+    } = &cli.command
+    {
+        let mac = std::env::var("PXESRV_CLIENT_MAC").unwrap_or_default();
+        let answer = super::hook::ask(socket, &mac, std::time::Duration::from_secs(*timeout))?;
+        writeln!(out, "{answer}").map_err(io)?;
+        return Ok(());
+    }
     let cfg = Config::load(&cli.config)?;
     let dry_run = cli.dry_run;
     let eng = Engine::new(cfg, dry_run)?;
@@ -272,7 +294,11 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<(), StorageError> {
             }
             writeln!(out, "apply: {} change(s)", changes.len()).map_err(io)?;
         }
-        Command::Hook => {
+        Command::HookServe => super::hook::serve(&eng, std::io::stdin().lock(), out)?,
+        Command::Hook {
+            socket: Some(_), ..
+        } => unreachable!("answered before the config is read"),
+        Command::Hook { socket: None, .. } => {
             let mac = std::env::var("PXESRV_CLIENT_MAC").ok();
             match eng.hook(mac.as_deref())? {
                 HookOutcome::Reset(m) => tracing::info!(client = %m, "reset before boot"),

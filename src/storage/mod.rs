@@ -14,6 +14,7 @@ pub mod cli;
 pub mod config;
 pub mod engine;
 pub mod exec;
+pub mod hook;
 pub mod lio;
 pub mod lvm;
 pub mod names;
@@ -44,6 +45,8 @@ pub enum StorageError {
     Config { path: PathBuf, message: String },
     #[error("{path}: {message}")]
     ApplyFile { path: PathBuf, message: String },
+    #[error("boot hook service {socket}: {message}")]
+    Hook { socket: PathBuf, message: String },
     #[error(transparent)]
     Name(#[from] names::NameError),
     #[error(transparent)]
