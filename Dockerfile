@@ -7,7 +7,7 @@
 # The server runs as uid 65532 (distroless "nonroot"); it writes only
 # /srv/pxesrv/once/ (consumed once links go to once/.consumed/), so that
 # directory of a mounted tree must be writable by the container user; see
-# docs/install.md. Logs go to stderr (PXESRV_LOG unset).
+# README.md, Install. Logs go to stderr (PXESRV_LOG unset).
 #
 # This file needs base images from a registry. Where none can be pulled, build
 # the same runtime image from a local release build: Containerfile.local.
