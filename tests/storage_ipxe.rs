@@ -10,8 +10,8 @@ mod storage_support;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use storage_support::*;
 
@@ -19,16 +19,6 @@ const MIB: u64 = 1 << 20;
 const A: &str = "52-54-00-12-00-0a";
 const B: &str = "52-54-00-12-00-0b";
 const C: &str = "52-54-00-12-00-0c";
-
-/// A child process killed on drop.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// The real pxesrv on 127.0.0.1:PORT, with the storage hook.
 fn start_pxesrv(root: &Path, hook: &str, log: &Path) -> (Proc, u16) {
@@ -69,55 +59,8 @@ fn start_pxesrv(root: &Path, hook: &str, log: &Path) -> (Proc, u16) {
     (guard, port)
 }
 
-/// Boots an iPXE client with `mac` (TCG, never KVM). Returns QEMU's exit status and the
-/// serial output.
-fn boot(dir: &Path, http_port: u16, mac: &str, tag: &str) -> (Option<i32>, String) {
-    let serial = dir.join(format!("serial-{tag}.log"));
-    let colon = mac.replace('-', ":");
-    let child = Command::new("qemu-system-x86_64")
-        .args(["-accel", "tcg", "-machine", "graphics=off", "-m", "256"])
-        .args(["-display", "none", "-nodefaults", "-no-reboot"])
-        .args(["-boot", "n,reboot-timeout=0"])
-        .arg("-netdev")
-        .arg(format!(
-            "user,id=n0,bootfile=http://10.0.2.2:{http_port}/redirect?mac=${{net0/mac}}"
-        ))
-        .arg("-device")
-        .arg(format!("virtio-net-pci,netdev=n0,mac={colon}"))
-        .arg("-serial")
-        .arg(format!("file:{}", serial.display()))
-        .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start qemu");
-    let mut vm = Proc(child);
-    let t0 = Instant::now();
-    let status = loop {
-        if let Some(s) = vm.0.try_wait().unwrap() {
-            break s.code();
-        }
-        if t0.elapsed() > Duration::from_secs(120) {
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    drop(vm);
-    let out = String::from_utf8_lossy(&std::fs::read(&serial).unwrap_or_default()).into_owned();
-    let _ = std::io::Write::write_all(
-        &mut std::io::stderr(),
-        format!(
-            "boot {tag} ({mac}): qemu status {status:?} in {:.1}s\n",
-            t0.elapsed().as_secs_f64()
-        )
-        .as_bytes(),
-    );
-    (status, out)
-}
-
 fn assert_boots(dir: &Path, http_port: u16, mac: &str, tag: &str, marker: &str) {
-    let (status, serial) = boot(dir, http_port, mac, tag);
+    let (status, serial) = storage_support::ipxe_boot(dir, http_port, mac, tag);
     let text: String = serial.replace('\r', "");
     assert_eq!(
         status,

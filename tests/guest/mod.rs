@@ -15,14 +15,11 @@ use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-/// Prints past cargo's output capture.
-pub fn say(msg: &str) {
-    let _ = std::io::stderr().write_all(format!("{msg}\n").as_bytes());
-}
+pub use crate::storage_support::{ipxe_boot, parse_qemu_io_dump, say, Proc};
 
 /// Runs `f` and prints how long it took.
 pub fn phase<T>(name: &str, f: impl FnOnce() -> T) -> T {
@@ -58,16 +55,6 @@ pub fn which(tool: &str) -> Option<PathBuf> {
         .unwrap_or_default();
     dirs.extend(["/usr/sbin", "/sbin", "/usr/bin", "/bin"].map(PathBuf::from));
     dirs.into_iter().map(|d| d.join(tool)).find(|p| p.is_file())
-}
-
-/// A child process killed (and reaped) on drop.
-pub struct Proc(pub Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 // ---- the kernel ---------------------------------------------------------------------------
@@ -651,21 +638,7 @@ pub fn iscsi_read_chap(
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    let mut bytes = Vec::new();
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
-        let Some((addr, rest)) = line.split_once(":  ") else {
-            continue;
-        };
-        if !addr.chars().all(|c| c.is_ascii_hexdigit()) {
-            continue;
-        }
-        for h in rest.split_whitespace().take(16) {
-            match u8::from_str_radix(h, 16) {
-                Ok(b) if h.len() == 2 => bytes.push(b),
-                _ => break,
-            }
-        }
-    }
+    let bytes = parse_qemu_io_dump(&String::from_utf8_lossy(&out.stdout));
     assert_eq!(bytes.len(), len, "parsed qemu-io dump");
     bytes
 }
@@ -726,48 +699,4 @@ pub fn start_pxesrv(root: &Path, log: &Path) -> (Proc, u16) {
         .expect("pxesrv did not say it is listening");
     let port = addr.rsplit_once(':').unwrap().1.parse().unwrap();
     (guard, port)
-}
-
-/// Boots an iPXE client VM with `mac` from pxesrv's `/redirect` (TCG). Returns QEMU's exit
-/// status (33: a marker sector ran) and the serial output (iPXE's and the sector's).
-pub fn ipxe_boot(dir: &Path, http_port: u16, mac: &str, tag: &str) -> (Option<i32>, String) {
-    let serial = dir.join(format!("ipxe-{tag}.log"));
-    let colon = mac.replace('-', ":");
-    let child = Command::new("qemu-system-x86_64")
-        .args(["-accel", "tcg", "-machine", "graphics=off", "-m", "256"])
-        .args(["-display", "none", "-nodefaults", "-no-reboot"])
-        .args(["-boot", "n,reboot-timeout=0"])
-        .arg("-netdev")
-        .arg(format!(
-            "user,id=n0,bootfile=http://10.0.2.2:{http_port}/redirect?mac=${{net0/mac}}"
-        ))
-        .arg("-device")
-        .arg(format!("virtio-net-pci,netdev=n0,mac={colon}"))
-        .arg("-serial")
-        .arg(format!("file:{}", serial.display()))
-        .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start qemu-system-x86_64");
-    let mut vm = Proc(child);
-    let t0 = Instant::now();
-    let status = loop {
-        if let Some(s) = vm.0.try_wait().unwrap() {
-            break s.code();
-        }
-        if t0.elapsed() > Duration::from_secs(90) {
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    drop(vm);
-    let out =
-        String::from_utf8_lossy(&std::fs::read(&serial).unwrap_or_default()).replace('\r', "");
-    say(&format!(
-        "iPXE boot {tag} ({mac}): qemu status {status:?} in {:.1}s",
-        t0.elapsed().as_secs_f64()
-    ));
-    (status, out)
 }

@@ -432,21 +432,7 @@ pub fn iscsi_read_lun(
             String::from_utf8_lossy(&out.stderr)
         ));
     }
-    let mut bytes = Vec::new();
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
-        let Some((addr, rest)) = line.split_once(":  ") else {
-            continue;
-        };
-        if !addr.chars().all(|c| c.is_ascii_hexdigit()) {
-            continue;
-        }
-        for h in rest.split_whitespace().take(16) {
-            match u8::from_str_radix(h, 16) {
-                Ok(b) if h.len() == 2 => bytes.push(b),
-                _ => break,
-            }
-        }
-    }
+    let bytes = parse_qemu_io_dump(&String::from_utf8_lossy(&out.stdout));
     if bytes.len() != len {
         return Err(format!(
             "parsed {} of {len} bytes from the qemu-io dump:\n{}",
@@ -475,4 +461,83 @@ pub fn iscsi_write_file(port: u16, target: &str, initiator: &str, src: &Path) {
 
 pub fn has_marker(sector: &[u8], marker: &str) -> bool {
     sector.windows(marker.len()).any(|w| w == marker.as_bytes())
+}
+
+/// Boots an iPXE client VM with `mac` from pxesrv's `/redirect` (TCG). Returns QEMU's exit
+/// status (33: a marker sector ran) and the serial output (iPXE's and the sector's).
+pub fn ipxe_boot(dir: &Path, http_port: u16, mac: &str, tag: &str) -> (Option<i32>, String) {
+    let serial = dir.join(format!("ipxe-{tag}.log"));
+    let colon = mac.replace('-', ":");
+    let child = Command::new("qemu-system-x86_64")
+        .args(["-accel", "tcg", "-machine", "graphics=off", "-m", "256"])
+        .args(["-display", "none", "-nodefaults", "-no-reboot"])
+        .args(["-boot", "n,reboot-timeout=0"])
+        .arg("-netdev")
+        .arg(format!(
+            "user,id=n0,bootfile=http://10.0.2.2:{http_port}/redirect?mac=${{net0/mac}}"
+        ))
+        .arg("-device")
+        .arg(format!("virtio-net-pci,netdev=n0,mac={colon}"))
+        .arg("-serial")
+        .arg(format!("file:{}", serial.display()))
+        .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start qemu-system-x86_64");
+    let mut vm = Proc(child);
+    let t0 = Instant::now();
+    let status = loop {
+        if let Some(s) = vm.0.try_wait().unwrap() {
+            break s.code();
+        }
+        if t0.elapsed() > Duration::from_secs(90) {
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    drop(vm);
+    let out =
+        String::from_utf8_lossy(&std::fs::read(&serial).unwrap_or_default()).replace('\r', "");
+    say(&format!(
+        "iPXE boot {tag} ({mac}): qemu status {status:?} in {:.1}s",
+        t0.elapsed().as_secs_f64()
+    ));
+    (status, out)
+}
+
+/// Prints past cargo's output capture.
+pub fn say(msg: &str) {
+    let _ = std::io::stderr().write_all(format!("{msg}\n").as_bytes());
+}
+
+/// A child process killed (and reaped) on drop.
+pub struct Proc(pub Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The bytes of a `qemu-io -c "read -v OFF LEN"` hex dump.
+pub fn parse_qemu_io_dump(stdout: &str) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    for line in stdout.lines() {
+        let Some((addr, rest)) = line.split_once(":  ") else {
+            continue;
+        };
+        if !addr.chars().all(|c| c.is_ascii_hexdigit()) {
+            continue;
+        }
+        for h in rest.split_whitespace().take(16) {
+            match u8::from_str_radix(h, 16) {
+                Ok(b) if h.len() == 2 => bytes.push(b),
+                _ => break,
+            }
+        }
+    }
+    bytes
 }
