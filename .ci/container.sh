@@ -80,7 +80,7 @@ check "image user is 65532:65532 (non-root)" test "$(cfg '{{.Config.User}}')" = 
 check "image exposes 4567/tcp" sh -c "podman image inspect '$TAG' --format '{{json .Config.ExposedPorts}}' | grep -q '\"4567/tcp\"'"
 check "image has the volume /srv/pxesrv" sh -c "podman image inspect '$TAG' --format '{{json .Config.Volumes}}' | grep -q '\"/srv/pxesrv\"'"
 health=$(cfg '{{json .HealthCheck.Test}}')
-check "image HEALTHCHECK is $health" test "$health" = '["CMD","/usr/bin/pxesrv","check"]'
+check "image HEALTHCHECK is $health" test "$health" = '["CMD","/usr/bin/pxesrv","healthcheck"]'
 check "image entrypoint is /usr/bin/pxesrv" test "$(cfg '{{json .Config.Entrypoint}}')" = '["/usr/bin/pxesrv"]'
 size=$(cfg '{{.Size}}')
 check "image is small: $((size / 1024)) KiB (< 20 MiB)" test "$size" -lt $((20 * 1024 * 1024))
