@@ -5,7 +5,9 @@
 //! and the ratio pxesrv/nginx is printed. Then one 200 MB file is downloaded by 50 clients
 //! at once from each server, while a probe measures /redirect latency during the downloads.
 //!
-//! Run: `cargo bench --bench redirect` (env: BENCH_REQUESTS, BENCH_CONNS).
+//! Run: `cargo bench --bench redirect` (env: BENCH_REQUESTS, BENCH_CONNS, and BENCH_ONCE_MS:
+//! how often the once links of 1/8 of the clients are re-created, default 200 ms; 20 ms is a
+//! stress case where once/ changes hundreds of times a second).
 //! Targets on a 2-core machine: /redirect >= 0.8x nginx, p99 <= 5 ms at 64 connections,
 //! RSS <= 30 MB after 100k requests, first answer <= 50 ms after start.
 
@@ -294,7 +296,8 @@ fn main() {
         first.as_secs_f64() * 1000.0
     );
 
-    // Keep a steady share of once answers: re-create once links for 1/8 of the clients.
+    // Keep a steady share of once answers: re-create once links for 1/8 of the clients every
+    // BENCH_ONCE_MS.
     let stop = Arc::new(AtomicBool::new(false));
     let refresher = {
         let (stop, root) = (stop.clone(), root.clone());
@@ -307,7 +310,7 @@ fn main() {
                         made += 1;
                     }
                 }
-                std::thread::sleep(Duration::from_millis(20));
+                std::thread::sleep(Duration::from_millis(env_num("BENCH_ONCE_MS", 200)));
             }
             made
         })

@@ -155,9 +155,24 @@ struct IndexCache {
     cur: RwLock<Arc<DirIndex>>,
 }
 
-/// A directory's mtime comes from a coarse clock: two changes within one tick can leave the
-/// same mtime. A listing read this long after the mtime cannot have missed a change.
-const RACY_WINDOW: Duration = Duration::from_millis(100);
+/// Whether something read at `read_at` must show every change made up to then, given that it
+/// last changed at `changed`. File times come from the kernel's coarse clock, which ticks at
+/// most every 10 ms (HZ >= 100): two changes within one tick leave the same time, so a read
+/// in that tick may have seen only the first. Twice the tick later the time is proof. A
+/// filesystem that keeps whole seconds only (nanoseconds 0) needs a second.
+pub fn settled(changed: SystemTime, read_at: SystemTime) -> bool {
+    let coarse = changed
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .is_ok_and(|d| d.subsec_nanos() == 0);
+    let window = if coarse {
+        Duration::from_millis(1100)
+    } else {
+        Duration::from_millis(20)
+    };
+    read_at
+        .duration_since(changed)
+        .is_ok_and(|age| age > window)
+}
 
 impl IndexCache {
     fn new(dir: PathBuf, slot: Slot) -> Self {
@@ -183,12 +198,7 @@ impl IndexCache {
         let read_at = SystemTime::now();
         let mut index = DirIndex {
             stamp,
-            trusted: match stamp {
-                Some((mtime, _)) => read_at
-                    .duration_since(mtime)
-                    .is_ok_and(|age| age > RACY_WINDOW),
-                None => true,
-            },
+            trusted: stamp.is_none_or(|(mtime, _)| settled(mtime, read_at)),
             ..DirIndex::default()
         };
         for entry in list_dir(&self.dir, self.slot) {
@@ -916,6 +926,20 @@ mod tests {
             ]
         );
         assert_eq!(t.candidates(&client)[0].entry, "once/aabbccddeeff");
+    }
+
+    #[test]
+    fn settled_after_two_ticks_or_a_second_on_coarse_filesystems() {
+        let t = SystemTime::UNIX_EPOCH + Duration::new(1_700_000_000, 123_456_789);
+        assert!(!settled(t, t + Duration::from_millis(5)));
+        assert!(settled(t, t + Duration::from_millis(25)));
+        assert!(
+            !settled(t, t - Duration::from_millis(25)),
+            "a clock step back is not proof"
+        );
+        let whole = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        assert!(!settled(whole, whole + Duration::from_millis(500)));
+        assert!(settled(whole, whole + Duration::from_millis(1200)));
     }
 
     #[test]

@@ -484,14 +484,12 @@ impl StatKey {
     }
 
     /// A file changed within the coarse clock's tick may change again without a new stamp;
-    /// only a stamp this old is proof of the content.
+    /// only a settled stamp is proof of the content.
     fn settled(m: &std::fs::Metadata) -> bool {
         use std::os::unix::fs::MetadataExt;
         let changed = std::time::UNIX_EPOCH
             + std::time::Duration::new(m.ctime().max(0) as u64, m.ctime_nsec().max(0) as u32);
-        std::time::SystemTime::now()
-            .duration_since(changed)
-            .is_ok_and(|age| age > std::time::Duration::from_millis(100))
+        crate::boottree::settled(changed, std::time::SystemTime::now())
     }
 }
 
