@@ -532,6 +532,21 @@ fn apply_twice_changes_nothing_and_dry_run_changes_nothing() {
     w.assert_only(&abc[..2]);
     let out = w.s.ok(&["apply", f]);
     assert!(out.trim_end().ends_with("apply: 0 change(s)"), "{out}");
+
+    // A golden file that cannot be found (moved, being replaced) must not read as "the
+    // image changed": that would detach every client and delete its disk.
+    let edited = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(
+        &file,
+        edited.replace(&format!("{g:?}"), "\"/nonexistent/golden.img\""),
+    )
+    .unwrap();
+    let err = w.s.fails(&["apply", f]);
+    assert!(
+        err.contains("/nonexistent/golden.img is not a file; nothing was changed"),
+        "{err}"
+    );
+    w.assert_only(&abc[..2]);
 }
 
 #[test]

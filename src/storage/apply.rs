@@ -79,7 +79,12 @@ pub fn parse(text: &str, path: &Path) -> Result<Desired, StorageError> {
     let mut images = BTreeMap::new();
     for i in f.image {
         let src = match (i.file, i.lv) {
-            (Some(f), None) => NewImage::File(f),
+            // A relative path means the same file wherever apply is run from: the file's
+            // directory, not the working directory.
+            (Some(f), None) => NewImage::File(match path.parent() {
+                Some(dir) if f.is_relative() => dir.join(f),
+                _ => f,
+            }),
             (None, Some(lv)) => NewImage::Lv(lv),
             _ => {
                 return Err(bad(format!(
@@ -138,6 +143,22 @@ impl Engine {
     pub fn apply(&self, path: &Path) -> Result<Vec<String>, StorageError> {
         let text = std::fs::read_to_string(path).map_err(StorageError::io("read", path))?;
         let want = parse(&text, path)?;
+        // Every golden file must be there before anything is changed: a file that cannot be
+        // found must not read as "the image changed", which would detach (and delete the
+        // disks of) every client of that image.
+        for (name, src) in &want.images {
+            if let NewImage::File(f) = src {
+                if !std::fs::metadata(f).is_ok_and(|m| m.is_file()) {
+                    return Err(StorageError::ApplyFile {
+                        path: path.to_owned(),
+                        message: format!(
+                            "image {name}: {} is not a file; nothing was changed",
+                            f.display()
+                        ),
+                    });
+                }
+            }
+        }
         let (_lock, mut st) = self.begin(None)?;
         let mut changes = Vec::new();
         let st = &mut st;
@@ -234,6 +255,17 @@ impl Engine {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn relative_golden_files_are_taken_from_the_apply_file_directory() {
+        let d = parse(
+            "[[image]]\nname = \"deb\"\nfile = \"images/deb.img\"\n",
+            Path::new("/etc/pxesrv/want.toml"),
+        )
+        .unwrap();
+        assert!(matches!(&d.images[&"deb".parse().unwrap()],
+            NewImage::File(p) if p == Path::new("/etc/pxesrv/images/deb.img")));
+    }
 
     #[test]
     fn parses_and_refuses_mistakes() {
