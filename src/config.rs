@@ -61,6 +61,12 @@ pub struct ServeArgs {
     #[arg(long, env = "PXESRV_TRUSTED_PROXY", value_delimiter = ',')]
     pub trusted_proxy: Vec<String>,
 
+    /// Which header a trusted proxy sets: x-forwarded-for (nginx, HAProxy, Traefik append to
+    /// it) or forwarded (RFC 7239). Only that one is read: a proxy passes the other through
+    /// from the client unchanged.
+    #[arg(long, env = "PXESRV_FORWARDED_HEADER", value_enum, default_value_t = ForwardedHeader::XForwardedFor)]
+    pub forwarded_header: ForwardedHeader,
+
     /// Only these clients (CIDRs, comma-separated) may boot and download. Default: everyone.
     #[arg(long, env = "PXESRV_ALLOW", value_delimiter = ',')]
     pub allow: Vec<String>,
@@ -99,6 +105,12 @@ pub struct ServeArgs {
     /// Seconds an idle keep-alive connection is kept open.
     #[arg(long, env = "PXESRV_KEEP_ALIVE", default_value_t = 15)]
     pub keep_alive: u64,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ForwardedHeader {
+    XForwardedFor,
+    Forwarded,
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -159,6 +171,7 @@ pub struct ServerConfig {
     pub log: Option<PathBuf>,
     pub log_level: String,
     pub trusted_proxies: Vec<IpNet>,
+    pub forwarded_header: ForwardedHeader,
     /// Empty: everyone.
     pub allow: Vec<IpNet>,
     pub autoindex: bool,
@@ -247,6 +260,7 @@ impl ServerConfig {
             log: a.log.filter(|p| !p.as_os_str().is_empty()),
             log_level: a.log_level,
             trusted_proxies: parse_cidrs("--trusted-proxy", &a.trusted_proxy)?,
+            forwarded_header: a.forwarded_header,
             allow: parse_cidrs("--allow", &a.allow)?,
             autoindex: a.autoindex,
             boot_hook,

@@ -17,7 +17,7 @@ use ipnet::IpNet;
 use tracing::{debug, error, info, warn};
 
 use crate::boottree::{BootTree, Resolved, Rule, Slot};
-use crate::config::{MacBootstrap, ServerConfig};
+use crate::config::{ForwardedHeader, MacBootstrap, ServerConfig};
 use crate::identity::{normalize_ip, ClientId, MacAddr};
 use crate::process::{self, Argv};
 use crate::script;
@@ -133,14 +133,17 @@ pub fn client_ip(req: &HttpRequest, cfg: &ServerConfig) -> Result<IpAddr, HttpEr
         return Ok(peer);
     }
     let mut hops: Vec<IpAddr> = Vec::new();
-    let forwarded: Vec<&HeaderValue> = req.headers().get_all(header::FORWARDED).collect();
-    let (name, values) = if !forwarded.is_empty() {
-        ("Forwarded", forwarded)
-    } else {
-        (
+    // Only the header the proxy is configured to set: the other one would come straight
+    // from the client.
+    let (name, values): (&str, Vec<&HeaderValue>) = match cfg.forwarded_header {
+        ForwardedHeader::Forwarded => (
+            "Forwarded",
+            req.headers().get_all(header::FORWARDED).collect(),
+        ),
+        ForwardedHeader::XForwardedFor => (
             "X-Forwarded-For",
             req.headers().get_all("x-forwarded-for").collect(),
-        )
+        ),
     };
     let bad = |v: &str| {
         HttpError::BadRequest(format!(

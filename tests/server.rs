@@ -403,9 +403,19 @@ fn forwarded_headers_only_from_trusted_proxies() {
         get_with("127.0.0.11", s.addr, "/redirect", &xff).text(),
         "#!ipxe\necho X\n"
     );
+    // A proxy that appends to X-Forwarded-For passes the client's own Forwarded header
+    // through: it is not believed, alone or beside the real header.
     assert_eq!(
         get_with("127.0.0.11", s.addr, "/redirect", &fwd).text(),
-        "#!ipxe\necho X\n"
+        "#!ipxe\necho DEFAULT\n"
+    );
+    let spoof = [
+        ("Forwarded", "for=10.9.8.7"),
+        ("X-Forwarded-For", "10.1.1.1"),
+    ];
+    assert_eq!(
+        get_with("127.0.0.11", s.addr, "/redirect", &spoof).text(),
+        "#!ipxe\necho DEFAULT\n"
     );
     // The client cannot prepend a forged hop: the rightmost untrusted address counts.
     let chain = [("X-Forwarded-For", "10.9.8.7, 10.1.1.1")];
@@ -423,6 +433,25 @@ fn forwarded_headers_only_from_trusted_proxies() {
     let r = get_with("127.0.0.11", s.addr, "/redirect", &evil);
     assert_eq!(r.status, 400);
     assert!(r.text().contains("not an address"));
+
+    // A proxy that sets RFC 7239 Forwarded: that header only.
+    let s = Server::start(
+        t.path(),
+        &[
+            "--trusted-proxy",
+            "127.0.0.11/32",
+            "--forwarded-header",
+            "forwarded",
+        ],
+    );
+    assert_eq!(
+        get_with("127.0.0.11", s.addr, "/redirect", &fwd).text(),
+        "#!ipxe\necho X\n"
+    );
+    assert_eq!(
+        get_with("127.0.0.11", s.addr, "/redirect", &xff).text(),
+        "#!ipxe\necho DEFAULT\n"
+    );
 }
 
 #[test]
