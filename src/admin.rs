@@ -205,12 +205,18 @@ pub fn healthcheck(
         .next()
         .unwrap_or("")
         .to_string();
-    if status_line.split_whitespace().nth(1) == Some("200") {
-        writeln!(out, "ok: {addr} answers /redirect")?;
-        Ok(())
-    } else {
-        Err(unhealthy(format!(
+    match status_line.split_whitespace().nth(1) {
+        Some("200") => {
+            writeln!(out, "ok: {addr} answers /redirect")?;
+            Ok(())
+        }
+        // The server is up and refusing loopback by --allow: alive all the same.
+        Some("403") => {
+            writeln!(out, "ok: {addr} answers (403: loopback is not in --allow)")?;
+            Ok(())
+        }
+        _ => Err(unhealthy(format!(
             "HEAD /redirect answered {status_line:?}"
-        )))
+        ))),
     }
 }

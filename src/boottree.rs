@@ -454,6 +454,14 @@ impl BootTree {
             }
             Err(e) => out.push(e.to_string()),
         }
+        let consumed = self.slot_dir(Slot::Once).join(CONSUMED_DIR);
+        if fs::symlink_metadata(&consumed).is_ok() && !consumed.is_dir() {
+            out.push(format!(
+                "{} is not a directory: once entries cannot be consumed, so none is served; \
+                 remove it",
+                consumed.display()
+            ));
+        }
         for slot in [Slot::Once, Slot::Static] {
             let entries = self.list(slot);
             let mut seen: HashMap<EntryName, &str> = HashMap::new();
@@ -507,8 +515,15 @@ impl BootTree {
                 }
                 Ok(Some(record))
             }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(io_err("consume", &once_dir.join(file_name))(e)),
+            // NotFound: another request took it -- unless the link is still there, and the
+            // record's directory is what is missing (a dangling once/.consumed link).
+            Err(e)
+                if e.kind() == io::ErrorKind::NotFound
+                    && fs::symlink_metadata(once_dir.join(file_name)).is_err() =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(io_err("consume into", &record)(e)),
         }
     }
 
@@ -975,6 +990,19 @@ mod tests {
             assert_eq!(wins, 1, "round {round}");
         }
         assert_eq!(t.consumed().len(), 20);
+    }
+
+    #[test]
+    fn a_broken_consumed_dir_is_an_error_not_a_lost_race() {
+        let (dir, t) = tree();
+        symlink("../menus/install.ipxe", dir.path().join("once/10.0.0.1")).unwrap();
+        symlink("/nonexistent", dir.path().join("once/.consumed")).unwrap();
+        assert!(t.consume_once("once/10.0.0.1").is_err());
+        assert!(t
+            .problems()
+            .iter()
+            .any(|p| p.contains(".consumed is not a directory")));
+        assert!(dir.path().join("once/10.0.0.1").symlink_metadata().is_ok());
     }
 
     #[test]

@@ -336,7 +336,7 @@ async fn redirect(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRe
                 match prepare(resolved, target.clone()) {
                     Ok(p) => {
                         if !once {
-                            state.cache.put(&cand.entry, &meta, &p);
+                            state.cache.put(tree, &cand.entry, &meta, &p);
                         }
                         (memory_response(cand.rule, &p), target)
                     }
@@ -496,33 +496,55 @@ impl StatKey {
     }
 }
 
+/// `lstat` of an entry and `stat` of the file it leads to.
+type EntryKeys = (StatKey, StatKey);
+
 /// Prepared answers of `default` and `static/` entries, each valid while one `stat` of the
 /// entry (following its links) shows the same file unchanged. Saves the link walk, the open
 /// and the read on every boot; a changed link or file is seen by the next request.
 #[derive(Default)]
 pub struct AnswerCache {
-    map: std::sync::RwLock<std::collections::HashMap<String, (StatKey, Prepared)>>,
+    map: std::sync::RwLock<std::collections::HashMap<String, (EntryKeys, Prepared)>>,
 }
 
 impl AnswerCache {
+    /// The entry itself (`lstat`) and the file it leads to (`stat`): re-pointing the entry at a
+    /// hard link of the same file still changes the first.
+    fn keys(tree: &BootTree, entry: &str) -> Option<EntryKeys> {
+        let path = tree.root().join(entry);
+        let link = std::fs::symlink_metadata(&path).ok()?;
+        let file = std::fs::metadata(&path).ok()?;
+        Some((StatKey::of(&link), StatKey::of(&file)))
+    }
+
     fn get(&self, tree: &BootTree, entry: &str) -> Option<Prepared> {
-        let meta = std::fs::metadata(tree.root().join(entry)).ok()?;
+        let keys = Self::keys(tree, entry)?;
         let map = self.map.read().unwrap_or_else(|e| e.into_inner());
         match map.get(entry) {
-            Some((key, p)) if *key == StatKey::of(&meta) => Some(p.clone()),
+            Some((k, p)) if *k == keys => Some(p.clone()),
             _ => None,
         }
     }
 
-    fn put(&self, entry: &str, meta: &std::fs::Metadata, p: &Prepared) {
-        if !StatKey::settled(meta) {
+    /// Caches `p` for `entry`, whose target was read with metadata `meta`, unless either
+    /// changed too recently to be sure, or changed since.
+    fn put(&self, tree: &BootTree, entry: &str, meta: &std::fs::Metadata, p: &Prepared) {
+        let Some(keys) = Self::keys(tree, entry) else {
             return;
+        };
+        if keys.1 != StatKey::of(meta) || !StatKey::settled(meta) {
+            return;
+        }
+        if let Ok(link) = std::fs::symlink_metadata(tree.root().join(entry)) {
+            if !StatKey::settled(&link) {
+                return;
+            }
         }
         let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
         if map.len() > 100_000 {
             map.clear();
         }
-        map.insert(entry.to_string(), (StatKey::of(meta), p.clone()));
+        map.insert(entry.to_string(), (keys, p.clone()));
     }
 }
 
@@ -542,7 +564,7 @@ fn mime_of(path: &Path) -> String {
 /// `once/` and `static/` are not served by URL, so their scripts resolve against `/`.
 fn base_dir(target: &str) -> String {
     match target.rsplit_once('/') {
-        Some((dir, _)) if !dir.starts_with("once") && !dir.starts_with("static") => {
+        Some((dir, _)) if !matches!(dir.split('/').next(), Some("once" | "static")) => {
             let mut out = String::from("/");
             for seg in dir.split('/') {
                 out.push_str(&percent_encoding::utf8_percent_encode(seg, SEGMENT).to_string());
@@ -702,6 +724,9 @@ mod tests {
         assert_eq!(base_dir("menus/x.ipxe"), "/menus/");
         assert_eq!(base_dir("a b/c/x.ipxe"), "/a%20b/c/");
         assert_eq!(base_dir("static/x"), "/");
+        assert_eq!(base_dir("once/sub/x"), "/");
+        assert_eq!(base_dir("static-menus/x.ipxe"), "/static-menus/");
+        assert_eq!(base_dir("oncelab/x.ipxe"), "/oncelab/");
     }
 
     #[test]

@@ -295,6 +295,31 @@ fn changed_scripts_and_links_are_seen_at_once() {
         get("127.0.0.26", s.addr, "/redirect").text(),
         "#!ipxe\necho OTHR3\n"
     );
+    // Re-pointed at a hard link of the same file in another directory (rsync --link-dest
+    // trees): same inode, but the relative URLs must now resolve beside the new path.
+    t.write("menus/v1/boot.ipxe", "#!ipxe\nkernel vmlinuz\n");
+    std::fs::create_dir_all(t.path().join("menus/v2")).unwrap();
+    std::fs::hard_link(
+        t.path().join("menus/v1/boot.ipxe"),
+        t.path().join("menus/v2/boot.ipxe"),
+    )
+    .unwrap();
+    t.link("static/127.0.0.27", "../menus/v1/boot.ipxe");
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        get("127.0.0.27", s.addr, "/redirect").text(),
+        "#!ipxe\nkernel /menus/v1/vmlinuz\n"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        get("127.0.0.27", s.addr, "/redirect").text(),
+        "#!ipxe\nkernel /menus/v1/vmlinuz\n"
+    );
+    t.link("static/127.0.0.27", "../menus/v2/boot.ipxe");
+    assert_eq!(
+        get("127.0.0.27", s.addr, "/redirect").text(),
+        "#!ipxe\nkernel /menus/v2/vmlinuz\n"
+    );
     // A file that becomes unreadable is no longer served (root reads anything, so remove it).
     std::fs::remove_file(t.path().join("menus/other.ipxe")).unwrap();
     assert_eq!(
@@ -966,6 +991,13 @@ fn healthcheck_asks_the_running_server_and_consumes_nothing() {
     );
     assert_eq!(c, 0, "{e}");
     assert_eq!(s.terminate(), Some(0));
+    // With --allow excluding loopback the server answers 403: alive all the same.
+    let s = Server::start(t.path(), &["--allow", "10.0.0.0/8"]);
+    let listen2 = format!("127.0.0.1:{}", s.port());
+    let (c, o, e) = admin(t.path(), &["healthcheck", "--listen", &listen2]);
+    assert_eq!(c, 0, "{o}{e}");
+    assert!(o.contains("403"), "{o}");
+    drop(s);
     let (c, _, e) = admin(t.path(), &["healthcheck", "--listen", &listen]);
     assert_eq!(c, 1);
     assert!(e.contains("is not healthy") && e.contains("refused"), "{e}");
