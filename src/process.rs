@@ -116,27 +116,18 @@ pub fn run(argv: &Argv, timeout: Option<Duration>) -> Result<Output, ProcessErro
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
+    if timeout.is_some() {
+        // Its own process group, so a timeout ends whatever the command started too.
+        use std::os::unix::process::CommandExt;
+        cmd.process_group(0);
+    }
     let mut child = cmd.spawn().map_err(|source| ProcessError::Spawn {
         argv: shown.clone(),
         source,
     })?;
     // Drain both pipes on their own threads so a chatty child cannot block on a full pipe.
-    let mut out_pipe = child.stdout.take();
-    let mut err_pipe = child.stderr.take();
-    let out_t = std::thread::spawn(move || {
-        let mut s = String::new();
-        if let Some(p) = out_pipe.as_mut() {
-            let _ = p.read_to_string(&mut s);
-        }
-        s
-    });
-    let err_t = std::thread::spawn(move || {
-        let mut s = String::new();
-        if let Some(p) = err_pipe.as_mut() {
-            let _ = p.read_to_string(&mut s);
-        }
-        s
-    });
+    let out_rx = drain(child.stdout.take());
+    let err_rx = drain(child.stderr.take());
     let start = Instant::now();
     let status = loop {
         match child.try_wait() {
@@ -151,6 +142,7 @@ pub fn run(argv: &Argv, timeout: Option<Duration>) -> Result<Output, ProcessErro
         }
         if let Some(t) = timeout {
             if start.elapsed() >= t {
+                kill_group(child.id());
                 let _ = child.kill();
                 let _ = child.wait();
                 return Err(ProcessError::Timeout {
@@ -161,8 +153,15 @@ pub fn run(argv: &Argv, timeout: Option<Duration>) -> Result<Output, ProcessErro
         }
         std::thread::sleep(Duration::from_millis(5));
     };
-    let stdout = out_t.join().unwrap_or_default();
-    let stderr = err_t.join().unwrap_or_default();
+    // A background process the command left behind would hold the pipes open: it goes with
+    // its group (a daemon worth keeping has its own session), and the output is not waited
+    // for past a moment in any case.
+    if timeout.is_some() {
+        kill_group(child.id());
+    }
+    let linger = Duration::from_secs(2);
+    let stdout = out_rx.recv_timeout(linger).unwrap_or_default();
+    let stderr = err_rx.recv_timeout(linger).unwrap_or_default();
     if status.success() {
         Ok(Output { stdout, stderr })
     } else {
@@ -173,6 +172,30 @@ pub fn run(argv: &Argv, timeout: Option<Duration>) -> Result<Output, ProcessErro
             stderr: stderr.trim().to_string(),
         })
     }
+}
+
+/// Reads a pipe to its end on a thread; the text arrives on the returned channel.
+fn drain<R: Read + Send + 'static>(pipe: Option<R>) -> std::sync::mpsc::Receiver<String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut s = String::new();
+        if let Some(mut p) = pipe {
+            let _ = p.read_to_string(&mut s);
+        }
+        let _ = tx.send(s);
+    });
+    rx
+}
+
+/// SIGKILL to the process group `pgid` (a command started with its own group), so nothing it
+/// started outlives it. No process is left to signal is fine.
+fn kill_group(pgid: u32) {
+    let _ = Command::new("kill")
+        .args(["-KILL", "--", &format!("-{pgid}")])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
 }
 
 #[cfg(test)]
@@ -206,6 +229,39 @@ mod tests {
         .unwrap_err();
         assert!(matches!(err, ProcessError::Timeout { .. }), "{err}");
         assert!(t0.elapsed() < Duration::from_secs(3));
+    }
+
+    #[test]
+    fn timeout_ends_what_the_command_started() {
+        let dir = tempfile::tempdir().unwrap();
+        let marker = dir.path().join("survived");
+        // The shell starts a background child that would write the marker after 1 s.
+        let script = format!("(sleep 1; touch {}) & sleep 30", marker.display());
+        let t0 = Instant::now();
+        let err = run(
+            &Argv::new("sh").arg("-c").arg(&script),
+            Some(Duration::from_millis(200)),
+        )
+        .unwrap_err();
+        assert!(matches!(err, ProcessError::Timeout { .. }), "{err}");
+        assert!(t0.elapsed() < Duration::from_secs(3), "{:?}", t0.elapsed());
+        std::thread::sleep(Duration::from_millis(1500));
+        assert!(
+            !marker.exists(),
+            "the background child outlived the timeout"
+        );
+    }
+
+    #[test]
+    fn a_left_behind_background_process_does_not_hold_the_caller() {
+        let t0 = Instant::now();
+        let out = run(
+            &Argv::new("sh").arg("-c").arg("echo hi; sleep 30 &"),
+            Some(Duration::from_secs(20)),
+        )
+        .unwrap();
+        assert_eq!(out.stdout, "hi\n");
+        assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
     }
 
     #[test]
