@@ -14,6 +14,8 @@ pub struct Argv {
     pub program: OsString,
     pub args: Vec<OsString>,
     pub env: Vec<(OsString, OsString)>,
+    /// Indexes into `args` that are secrets (CHAP passwords): shown as `***`.
+    pub secret: Vec<usize>,
 }
 
 impl Argv {
@@ -22,6 +24,7 @@ impl Argv {
             program: program.into(),
             args: Vec::new(),
             env: Vec::new(),
+            secret: Vec::new(),
         }
     }
 
@@ -36,6 +39,13 @@ impl Argv {
         A: Into<OsString>,
     {
         self.args.extend(args.into_iter().map(Into::into));
+        self
+    }
+
+    /// An argument that must not show in messages, logs or dry runs.
+    pub fn secret_arg<A: Into<OsString>>(mut self, a: A) -> Self {
+        self.secret.push(self.args.len());
+        self.args.push(a.into());
         self
     }
 
@@ -64,8 +74,12 @@ impl fmt::Display for Argv {
             write!(f, "{}={} ", k.to_string_lossy(), quote(v))?;
         }
         write!(f, "{}", quote(&self.program))?;
-        for a in &self.args {
-            write!(f, " {}", quote(a))?;
+        for (i, a) in self.args.iter().enumerate() {
+            if self.secret.contains(&i) {
+                write!(f, " '***'")?;
+            } else {
+                write!(f, " {}", quote(a))?;
+            }
         }
         Ok(())
     }
@@ -262,6 +276,14 @@ mod tests {
         .unwrap();
         assert_eq!(out.stdout, "hi\n");
         assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
+    }
+
+    #[test]
+    fn secrets_never_show() {
+        let a = Argv::new("tgtadm").arg("--password").secret_arg("s3cret");
+        assert_eq!(a.to_string(), "tgtadm --password '***'");
+        let err = run(&Argv::new("false").secret_arg("s3cret"), None).unwrap_err();
+        assert!(!err.to_string().contains("s3cret"), "{err}");
     }
 
     #[test]

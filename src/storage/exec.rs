@@ -188,6 +188,15 @@ impl Exec {
         fs::write(path, value).map_err(StorageError::io("write", path))
     }
 
+    /// `write` for a secret (a CHAP password): recorded and printed as `***`.
+    pub fn write_secret(&self, path: &Path, value: &str) -> Result<(), StorageError> {
+        self.record(Action::Write(path.display().to_string(), "***".to_string()));
+        if self.dry_run {
+            return Ok(());
+        }
+        fs::write(path, value).map_err(StorageError::io("write", path))
+    }
+
     pub fn symlink(&self, target: &Path, link: &Path) -> Result<(), StorageError> {
         self.record(Action::Symlink(
             link.display().to_string(),

@@ -125,7 +125,7 @@ impl Lio {
             ex.symlink(&lun, &mapped.join(format!("lun_{LUN}")))?;
             if let Some(chap) = e.chap {
                 ex.write(&acl.join("auth/userid"), &chap.user)?;
-                ex.write(&acl.join("auth/password"), &chap.secret)?;
+                ex.write_secret(&acl.join("auth/password"), &chap.secret)?;
             }
             Ok(())
         })?;
@@ -228,7 +228,7 @@ mod tests {
             format!("mkdir {t}/acls/{ini}/lun_0"),
             format!("symlink {t}/acls/{ini}/lun_0/lun_0 -> {t}/lun/lun_0"),
             format!("write {t}/acls/{ini}/auth/userid <- \"u\""),
-            format!("write {t}/acls/{ini}/auth/password <- \"s3cret-s3cret\""),
+            format!("write {t}/acls/{ini}/auth/password <- \"***\""),
             format!("write {t}/attrib/authentication <- \"1\""),
             format!("write {t}/attrib/generate_node_acls <- \"0\""),
             format!("write {t}/attrib/demo_mode_write_protect <- \"1\""),

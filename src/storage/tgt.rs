@@ -186,14 +186,20 @@ impl Tgt {
     fn add_account(&self, ex: &Exec, chap: &Chap) -> Result<(), StorageError> {
         let argv = self.base().args(["--op", "show", "--mode", "account"]);
         let out = ex.query(&argv).map_err(|e| self.map_err(e))?;
+        // An account left by an interrupted run may hold another password: replace it.
         if out.stdout.lines().any(|l| l.trim() == chap.user) {
-            return Ok(());
+            self.run(
+                ex,
+                self.base()
+                    .args(["--op", "delete", "--mode", "account", "--user", &chap.user]),
+            )?;
         }
         self.run(
             ex,
             self.base()
                 .args(["--op", "new", "--mode", "account", "--user", &chap.user])
-                .args(["--password", &chap.secret]),
+                .arg("--password")
+                .secret_arg(&chap.secret),
         )
     }
 
@@ -306,7 +312,7 @@ Target 3: iqn.2024-01.a.b:disk-52-54-00-aa-bb-02
                 "tgtadm -C 7 --lld iscsi --op new --mode target --tid 2 --targetname iqn.2024-01.a.b:disk-52-54-00-aa-bb-05",
                 "tgtadm -C 7 --lld iscsi --op new --mode logicalunit --tid 2 --lun 1 --backing-store /d/clients/52-54-00-aa-bb-05.img",
                 "tgtadm -C 7 --lld iscsi --op bind --mode target --tid 2 --initiator-name iqn.2024-01.a.b:client-52-54-00-aa-bb-05",
-                "tgtadm -C 7 --lld iscsi --op new --mode account --user pxc-52-54-00-aa-bb-05 --password 0123456789abcdef",
+                "tgtadm -C 7 --lld iscsi --op new --mode account --user pxc-52-54-00-aa-bb-05 --password '***'",
                 "tgtadm -C 7 --lld iscsi --op bind --mode account --tid 2 --user pxc-52-54-00-aa-bb-05",
             ]
         );
