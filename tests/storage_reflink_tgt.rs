@@ -597,6 +597,41 @@ fn restore_after_target_restart_and_boot_hook() {
         vec![0xa1; 4]
     );
 
+    // A reset killed half-way, then a reboot, then a restore whose recovery of that reset
+    // fails: every other client is exported all the same, and the failure is reported.
+    let out = run(w
+        .s
+        .cmd()
+        .env("PXESRV_STORAGE_FAULT", "after:disk-remove")
+        .args(["client", "reset", B]));
+    assert_eq!(out.status.code(), Some(86));
+    w.tgtd.stop();
+    w.tgtd = Tgtd::start_on(w.fs.tmp.path(), control, port);
+    let out = run(w
+        .s
+        .cmd()
+        .env("PXESRV_STORAGE_FAULT", "fail:disk")
+        .arg("restore"));
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("disk"), "{err}");
+    assert!(
+        w.tgtd.targets().contains(&tgt_iqn(A)),
+        "A is exported: {:?}",
+        w.tgtd.targets()
+    );
+    assert_eq!(
+        iscsi_read(port, &tgt_iqn(A), &ini(A), MIB, 4),
+        vec![0xa1; 4]
+    );
+    // The next restore finishes B's reset.
+    w.s.ok(&["restore"]);
+    w.assert_only(&[A, B]);
+    assert_eq!(iscsi_read(port, &tgt_iqn(B), &ini(B), MIB, 4), vec![0; 4]);
+    // Give B its marker back for the hook checks below.
+    let out = qemu_io(port, &tgt_iqn(B), &ini(B), &["write -P 0xb2 1048576 4096"]);
+    assert!(out.status.success());
+
     // The boot hook: persistent and unknown clients pass through, untouched.
     for mac in [A, "", "52-54-00-ff-ff-ff", "garbage"] {
         let out = run(w

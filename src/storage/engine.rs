@@ -722,8 +722,22 @@ impl Engine {
     /// Re-creates every export (and a missing boot entry or inactive volume) from the
     /// state. Returns what it changed.
     pub fn restore(&self) -> Result<Vec<String>, StorageError> {
-        let (_lock, st) = self.begin(None)?;
-        self.restore_locked(&st)
+        let _lock = StateLock::acquire(&self.cfg.state_dir)?;
+        let mut st = State::load(&self.cfg.state_dir)?;
+        // An interrupted change that cannot be finished now (a reset on a full disk, say) must
+        // not leave every other client unexported after a reboot: export the others first,
+        // then report it. It stays journalled, for the next run to finish.
+        let recovery = self.recover(&mut st, None);
+        let restored = self.restore_locked(&st);
+        match (recovery, restored) {
+            (Ok(()), restored) => restored,
+            (Err(e), restored) => {
+                if let Err(other) = &restored {
+                    tracing::error!(error = %other, "restore");
+                }
+                Err(e)
+            }
+        }
     }
 
     pub(crate) fn restore_locked(&self, st: &State) -> Result<Vec<String>, StorageError> {
