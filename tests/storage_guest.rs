@@ -456,7 +456,7 @@ fn lvm_snapshots_exported_by_lio_boot_ipxe_clients() {
 
     // ---- 3. the full chain: pxesrv, iPXE, sanboot through LIO -------------------------
     let root = work.join("pxesrv-root");
-    let (_srv, http_port) = start_pxesrv(&root, &work.join("pxesrv.log"));
+    let (_srv, http_port) = start_pxesrv(&root, &[], &work.join("pxesrv.log"));
 
     phase("iPXE clients sanboot their LVM snapshots", || {
         assert_boots(work, http_port, A, "a-1", "CLIENT-A");

@@ -8,10 +8,7 @@
 
 mod storage_support;
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::Duration;
 
 use storage_support::*;
 
@@ -19,45 +16,6 @@ const MIB: u64 = 1 << 20;
 const A: &str = "52-54-00-12-00-0a";
 const B: &str = "52-54-00-12-00-0b";
 const C: &str = "52-54-00-12-00-0c";
-
-/// The real pxesrv on 127.0.0.1:PORT, with the storage hook.
-fn start_pxesrv(root: &Path, hook: &str, log: &Path) -> (Proc, u16) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_pxesrv"))
-        .arg("--root")
-        .arg(root)
-        .args(["--listen", "127.0.0.1:0", "--boot-hook", hook])
-        .env_remove("RUST_LOG")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start pxesrv");
-    let stderr = child.stderr.take().unwrap();
-    let guard = Proc(child);
-    let (tx, rx) = std::sync::mpsc::channel();
-    let log = log.to_owned();
-    std::thread::spawn(move || {
-        let mut out = std::fs::File::create(&log).unwrap();
-        let mut sent = false;
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            use std::io::Write;
-            let _ = writeln!(out, "{line}");
-            if !sent && line.contains("listening") {
-                if let Some(addr) = line
-                    .split_whitespace()
-                    .find_map(|w| w.strip_prefix("addr="))
-                {
-                    let _ = tx.send(addr.to_string());
-                    sent = true;
-                }
-            }
-        }
-    });
-    let addr = rx
-        .recv_timeout(Duration::from_secs(20))
-        .expect("pxesrv did not say it is listening");
-    let port = addr.rsplit_once(':').unwrap().1.parse().unwrap();
-    (guard, port)
-}
 
 fn assert_boots(dir: &Path, http_port: u16, mac: &str, tag: &str, marker: &str) {
     let (status, serial) = storage_support::ipxe_boot(dir, http_port, mac, tag);
@@ -156,7 +114,8 @@ fn ipxe_clients_boot_their_own_cow_disks() {
         env!("CARGO_BIN_EXE_pxesrv-storage"),
         s.config.display()
     );
-    let (_srv, http_port) = start_pxesrv(&s.root, &hook, &work.join("pxesrv.log"));
+    let (_srv, http_port) =
+        start_pxesrv(&s.root, &["--boot-hook", &hook], &work.join("pxesrv.log"));
 
     assert_boots(&work, http_port, A, "a-1", "CLIENT-A");
     assert_boots(&work, http_port, B, "b-1", "GOLDEN");

@@ -184,16 +184,8 @@ impl Tgt {
     }
 
     fn add_account(&self, ex: &Exec, chap: &Chap) -> Result<(), StorageError> {
-        let argv = self.base().args(["--op", "show", "--mode", "account"]);
-        let out = ex.query(&argv).map_err(|e| self.map_err(e))?;
         // An account left by an interrupted run may hold another password: replace it.
-        if out.stdout.lines().any(|l| l.trim() == chap.user) {
-            self.run(
-                ex,
-                self.base()
-                    .args(["--op", "delete", "--mode", "account", "--user", &chap.user]),
-            )?;
-        }
+        self.delete_account(ex, &chap.user)?;
         self.run(
             ex,
             self.base()
@@ -220,17 +212,23 @@ impl Tgt {
             )?;
         }
         if let Some(chap) = chap {
-            let argv = self.base().args(["--op", "show", "--mode", "account"]);
-            let out = ex.query(&argv).map_err(|e| self.map_err(e))?;
-            if out.stdout.lines().any(|l| l.trim() == chap.user) {
-                self.run(
-                    ex,
-                    self.base()
-                        .args(["--op", "delete", "--mode", "account", "--user", &chap.user]),
-                )?;
-            }
+            self.delete_account(ex, &chap.user)?;
         }
         Ok(found.is_some())
+    }
+
+    /// Deletes the CHAP account `user` if tgtd has it.
+    fn delete_account(&self, ex: &Exec, user: &str) -> Result<(), StorageError> {
+        let argv = self.base().args(["--op", "show", "--mode", "account"]);
+        let out = ex.query(&argv).map_err(|e| self.map_err(e))?;
+        if out.stdout.lines().any(|l| l.trim() == user) {
+            self.run(
+                ex,
+                self.base()
+                    .args(["--op", "delete", "--mode", "account", "--user", user]),
+            )?;
+        }
+        Ok(())
     }
 }
 

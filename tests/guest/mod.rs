@@ -19,7 +19,7 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-pub use crate::storage_support::{ipxe_boot, parse_qemu_io_dump, say, Proc};
+pub use crate::storage_support::{ipxe_boot, parse_qemu_io_dump, say, start_pxesrv, Proc};
 
 /// Runs `f` and prints how long it took.
 pub fn phase<T>(name: &str, f: impl FnOnce() -> T) -> T {
@@ -662,41 +662,3 @@ pub fn iscsi_write_file(port: u16, target: &str, initiator: &str, lun: u32, src:
 }
 
 // ---- pxesrv and iPXE clients --------------------------------------------------------------
-
-/// The real pxesrv on 127.0.0.1 (port chosen by the kernel), its stderr in `log`.
-pub fn start_pxesrv(root: &Path, log: &Path) -> (Proc, u16) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_pxesrv"))
-        .arg("--root")
-        .arg(root)
-        .args(["--listen", "127.0.0.1:0"])
-        .env_remove("RUST_LOG")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start pxesrv");
-    let stderr = child.stderr.take().unwrap();
-    let guard = Proc(child);
-    let (tx, rx) = std::sync::mpsc::channel();
-    let log = log.to_owned();
-    std::thread::spawn(move || {
-        let mut out = std::fs::File::create(&log).unwrap();
-        let mut sent = false;
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = writeln!(out, "{line}");
-            if !sent && line.contains("listening") {
-                if let Some(addr) = line
-                    .split_whitespace()
-                    .find_map(|w| w.strip_prefix("addr="))
-                {
-                    let _ = tx.send(addr.to_string());
-                    sent = true;
-                }
-            }
-        }
-    });
-    let addr = rx
-        .recv_timeout(Duration::from_secs(20))
-        .expect("pxesrv did not say it is listening");
-    let port = addr.rsplit_once(':').unwrap().1.parse().unwrap();
-    (guard, port)
-}

@@ -5,7 +5,7 @@
 //! mount, daemon or VM behind.
 #![allow(dead_code)]
 
-use std::io::Write;
+use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -540,4 +540,44 @@ pub fn parse_qemu_io_dump(stdout: &str) -> Vec<u8> {
         }
     }
     bytes
+}
+
+/// The real pxesrv on 127.0.0.1 (port chosen by the kernel) with `extra` arguments, its
+/// stderr in `log`.
+pub fn start_pxesrv(root: &Path, extra: &[&str], log: &Path) -> (Proc, u16) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pxesrv"))
+        .arg("--root")
+        .arg(root)
+        .args(["--listen", "127.0.0.1:0"])
+        .args(extra)
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start pxesrv");
+    let stderr = child.stderr.take().unwrap();
+    let guard = Proc(child);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let log = log.to_owned();
+    std::thread::spawn(move || {
+        let mut out = std::fs::File::create(&log).unwrap();
+        let mut sent = false;
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = writeln!(out, "{line}");
+            if !sent && line.contains("listening") {
+                if let Some(addr) = line
+                    .split_whitespace()
+                    .find_map(|w| w.strip_prefix("addr="))
+                {
+                    let _ = tx.send(addr.to_string());
+                    sent = true;
+                }
+            }
+        }
+    });
+    let addr = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("pxesrv did not say it is listening");
+    let port = addr.rsplit_once(':').unwrap().1.parse().unwrap();
+    (guard, port)
 }
