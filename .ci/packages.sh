@@ -20,15 +20,8 @@ FAILED=0
 TMP=
 SERVER_PID=
 
-pass() { echo "PASS: $*"; }
-fail() { echo "FAIL: $*"; FAILED=1; }
-# A failure after which nothing else makes sense: stop, the trap cleans up.
-die() { echo "FAIL: $*"; FAILED=1; exit 1; }
-check() { # check "what" command...
-    local what=$1
-    shift
-    if "$@"; then pass "$what"; else fail "$what"; fi
-}
+# shellcheck source=.ci/lib.sh
+. .ci/lib.sh
 
 [ "$(id -u)" = 0 ] || die "must run as root (installs a package)"
 if dpkg-query -W -f='${Status}' pxesrv 2>/dev/null | grep -qv 'not-installed'; then
@@ -272,20 +265,7 @@ once_consumed() {
 }
 check "the once entry was consumed by user pxesrv (moved to once/.consumed)" once_consumed
 
-kill -TERM "$TERM_PID"
-stopped=no
-for _ in $(seq 150); do
-    kill -0 "$SERVER_PID" 2>/dev/null || { stopped=yes; break; }
-    sleep 0.1
-done
-if [ $stopped = yes ]; then
-    rc=0
-    wait "$SERVER_PID" || rc=$?
-    SERVER_PID=
-    check "SIGTERM: server exited with status $rc (want 0)" test "$rc" = 0
-else
-    fail "SIGTERM: server still running after 15 s"
-fi
+stop_server "$TERM_PID" || true
 if [ $FAILED -ne 0 ]; then
     sed 's/^/  server: /' "$TMP/server.log"
     cat "$logs_dir"/pxesrv.log.* 2>/dev/null | sed 's/^/  log: /'
