@@ -182,12 +182,7 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<(), StorageError> {
         Command::Image(ImageCmd::List(a)) => {
             let list = eng.images()?;
             if a.json {
-                writeln!(
-                    out,
-                    "{}",
-                    serde_json::to_string_pretty(&list).expect("json")
-                )
-                .map_err(io)?;
+                print_json(out, &list)?;
             } else {
                 writeln!(
                     out,
@@ -248,12 +243,7 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<(), StorageError> {
         Command::Client(ClientCmd::List(a)) => {
             let list = eng.clients()?;
             if a.json {
-                writeln!(
-                    out,
-                    "{}",
-                    serde_json::to_string_pretty(&list).expect("json")
-                )
-                .map_err(io)?;
+                print_json(out, &list)?;
             } else {
                 writeln!(
                     out,
@@ -314,6 +304,12 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<(), StorageError> {
         .map_err(io)?;
     }
     Ok(())
+}
+
+/// A `list --json` answer: the records as one pretty-printed JSON array.
+fn print_json<T: serde::Serialize>(out: &mut dyn Write, records: &T) -> Result<(), StorageError> {
+    let text = serde_json::to_string_pretty(records).expect("state records serialise");
+    writeln!(out, "{text}").map_err(io)
 }
 
 #[cfg(test)]
